@@ -1,0 +1,163 @@
+"""Numba kernels: the per-cell loops that numpy cannot vectorise without padding every row.
+
+Ranking packs each non-zero into one ``uint64`` key: the float32 bit pattern of the value in the high 32
+bits (for non-negative floats the bit pattern orders like the value) and a per-cell permutation of the gene
+id in the low 32 bits. Keys are unique within a cell, so "value descending, then the seeded permutation"
+is a total order: ties are broken deterministically by ``(seed, global cell index, gene id)`` alone, the
+same in every chunking and worker count. The permutation is invertible, so the gene id comes back from
+the key and no index array has to travel with the values.
+"""
+
+from __future__ import annotations
+
+import numba as nb
+import numpy as np
+
+_GOLDEN = np.uint64(0x9E3779B97F4A7C15)
+
+
+@nb.njit(inline="always")
+def _mix(z):
+    # splitmix64 finaliser: a good 64-bit hash of a 64-bit integer
+    z = z + np.uint64(0x9E3779B97F4A7C15)
+    z = (z ^ (z >> np.uint64(30))) * np.uint64(0xBF58476D1CE4E5B9)
+    z = (z ^ (z >> np.uint64(27))) * np.uint64(0x94D049BB133111EB)
+    return z ^ (z >> np.uint64(31))
+
+
+@nb.njit(inline="always")
+def _cell_constants(seed, cell):
+    z = _mix(np.uint64(seed) * np.uint64(0x9E3779B97F4A7C15) + np.uint64(cell))
+    mult = (z & np.uint64(0xFFFFFFFF)) | np.uint64(1)  # odd: invertible modulo 2**m
+    add = z >> np.uint64(32)
+    inv = mult
+    for _ in range(6):  # Newton iteration for the inverse modulo 2**64
+        inv = inv * (np.uint64(2) - mult * inv)
+    return mult, add, inv
+
+
+@nb.njit(inline="always")
+def _sift_down(heap, i, size):
+    while True:
+        left = 2 * i + 1
+        if left >= size:
+            return
+        child = left
+        if left + 1 < size and heap[left + 1] < heap[left]:
+            child = left + 1
+        if heap[child] < heap[i]:
+            tmp = heap[child]
+            heap[child] = heap[i]
+            heap[i] = tmp
+            i = child
+        else:
+            return
+
+
+@nb.njit(parallel=True, cache=True, nogil=True)
+def scan_rows(indptr, indices, data, col_map):
+    """Per row: the number of positive kept entries; and for the block: bad values and non-integers.
+
+    Returns ``(n_positive, n_bad, n_non_integer)``; ``n_bad`` counts negative, NaN and infinite values.
+    """
+    n = len(indptr) - 1
+    n_positive = np.zeros(n, np.int64)
+    bad = np.zeros(n, np.int64)
+    non_integer = np.zeros(n, np.int64)
+    for i in nb.prange(n):
+        count = 0
+        n_bad = 0
+        n_frac = 0
+        for j in range(indptr[i], indptr[i + 1]):
+            v = data[j]
+            if not (v >= 0.0) or np.isinf(v):
+                n_bad += 1
+            elif v > 0.0:
+                if v != np.floor(v):
+                    n_frac += 1
+                if col_map[indices[j]] >= 0:
+                    count += 1
+        n_positive[i] = count
+        bad[i] = n_bad
+        non_integer[i] = n_frac
+    return n_positive, bad.sum(), non_integer.sum()
+
+
+@nb.njit(parallel=True, cache=True, nogil=True)
+def rank_rows(indptr, indices, data, col_map, row0, seed, mbits, lengths, offsets, out_ids, out_values):
+    """Write each row's top ``lengths[i]`` genes (value descending, seeded tie-break) at ``offsets[i]``."""
+    n = len(indptr) - 1
+    mask = np.uint64((1 << mbits) - 1)
+    shift = np.uint64((mbits + 1) // 2)  # 2 * shift >= mbits: x ^ (x >> shift) is its own inverse
+    for i in nb.prange(n):
+        k = lengths[i]
+        if k == 0:
+            continue
+        mult, add, inv = _cell_constants(seed, row0 + i)
+        heap = np.empty(k, np.uint64)  # min-heap of the k largest keys seen so far
+        size = 0
+        for j in range(indptr[i], indptr[i + 1]):
+            v = data[j]
+            gene = col_map[indices[j]]
+            if v > 0.0 and gene >= 0:
+                x = (np.uint64(gene) * mult + add) & mask
+                x = x ^ (x >> shift)
+                key = (np.uint64(np.float32(v).view(np.uint32)) << np.uint64(32)) | x
+                if size < k:
+                    heap[size] = key
+                    c = size
+                    size += 1
+                    while c > 0:
+                        p = (c - 1) // 2
+                        if heap[c] < heap[p]:
+                            tmp = heap[c]
+                            heap[c] = heap[p]
+                            heap[p] = tmp
+                            c = p
+                        else:
+                            break
+                elif key > heap[0]:
+                    heap[0] = key
+                    _sift_down(heap, 0, size)
+        base = offsets[i]
+        m = size
+        while m > 0:  # pop the minimum into the last free slot: descending order
+            top = heap[0]
+            m -= 1
+            heap[0] = heap[m]
+            _sift_down(heap, 0, m)
+            x = top & mask
+            x = x ^ (x >> shift)
+            out_ids[base + m] = np.int32(((x - add) * inv) & mask)
+            out_values[base + m] = np.uint32(top >> np.uint64(32))
+
+
+@nb.njit(cache=True)
+def dedupe_tokens(rows, genes, n_rows, n_genes):
+    """Keep the first occurrence of each gene in each row; return the kept mask and each kept token's rank.
+
+    ``rows`` is non-decreasing. Ranks count kept tokens within the row from 1.
+    """
+    seen = np.full(n_genes, -1, np.int64)
+    keep = np.zeros(len(rows), np.bool_)
+    rank = np.zeros(len(rows), np.int32)
+    current = -1
+    r = 0
+    for t in range(len(rows)):
+        row = rows[t]
+        if row != current:
+            current = row
+            r = 0
+        g = genes[t]
+        if g < 0 or seen[g] == row:
+            continue
+        seen[g] = row
+        r += 1
+        keep[t] = True
+        rank[t] = r
+    return keep, rank
+
+
+def bits_for(n_genes: int) -> int:
+    """Bits needed to hold gene ids ``0..n_genes-1`` (at least 1)."""
+    return max(1, int(n_genes - 1).bit_length())
