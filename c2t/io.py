@@ -135,10 +135,7 @@ class MatrixSource:
 
 
 def _to_csr(block: Any) -> sp.csr_matrix:
-    if sp.issparse(block):
-        block = sp.csr_matrix(block)
-    else:
-        block = sp.csr_matrix(np.asarray(block))
+    block = sp.csr_matrix(block) if sp.issparse(block) else sp.csr_matrix(np.asarray(block))
     if block.dtype not in (np.float32, np.float64):
         block = block.astype(np.float32)
     if not block.has_canonical_format:
@@ -167,7 +164,7 @@ class _AnnDataSource(MatrixSource):
                 msg = "adata.X is None; choose a layer"
                 raise C2TInputError(msg)
             self._x, self.var, self.matrix = adata.X, adata.var, "X"
-        if sp.issparse(self._x) and sp.isspmatrix_csc(self._x) or isinstance(self._x, sp.csc_array):
+        if sp.issparse(self._x) and self._x.format == "csc":
             self._x = sp.csr_matrix(self._x)  # row chunks of a CSC matrix are slow; convert once
 
     def rows(self, start: int, stop: int) -> sp.csr_matrix:

@@ -81,6 +81,7 @@ def decode(
     delimiter: str | None = " ",
     obs: pd.DataFrame | None = None,
     case_insensitive: bool = True,
+    method: str | None = None,
 ):
     """Turn cell sentences into an AnnData of expression, using the inverse model of ``model``.
 
@@ -102,6 +103,9 @@ def decode(
         Per-cell annotations for the output (one row per sentence).
     case_insensitive
         Accept a gene whose name matches only ignoring case.
+    method
+        Override the inverse model's fit: ``"monotone"`` (c2t's per-rank mean) or ``"linear"``
+        (Cell2Sentence's ``a + b * log10(rank)``).
 
     Returns
     -------
@@ -121,6 +125,11 @@ def decode(
             raise C2TInputError(msg)
     else:
         vocabulary, inverse = load_model(model)
+    if method is not None:
+        if method not in ("monotone", "linear"):
+            msg = f"method must be 'monotone' or 'linear', not {method!r}"
+            raise C2TInputError(msg)
+        inverse = InverseModel.from_dict({**inverse.to_dict(), "method": method})
     n_unknown_examples: dict[str, int] = {}
     n_case = 0
     if isinstance(sentences, CellSentences):

@@ -1,0 +1,205 @@
+"""``c2t <verb>``: one library call per verb.
+
+Heavy modules are imported inside the commands so that ``c2t --help`` stays instant.
+"""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from c2t._errors import C2TInputError
+
+app = typer.Typer(
+    help="c2t: let language models read and write single cells (cell sentences, instruction data, embeddings).",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+)
+
+
+def _fail(message: str) -> None:
+    from rich.console import Console
+
+    Console(stderr=True).print(f"[bold red]error:[/] {message}", highlight=False, soft_wrap=True)
+    raise typer.Exit(code=2)
+
+
+def _parse_top_k(value: str) -> int | None:
+    if value.strip().lower() in {"all", "full", "none"}:
+        return None
+    try:
+        return int(value)
+    except ValueError:
+        _fail(f"--top-k must be a positive integer or 'all', not {value!r}")
+    return None  # unreachable
+
+
+def _split_keys(value: str | None) -> list[str]:
+    return [k.strip() for k in value.split(",") if k.strip()] if value else []
+
+
+def _progress(total: int, label: str):
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+
+    bar = Progress(TextColumn(label), BarColumn(), MofNCompleteColumn(), TextColumn("cells"), TimeRemainingColumn(),
+                   transient=True)
+    task = bar.add_task(label, total=total)
+    return bar, lambda done: bar.update(task, completed=done)
+
+
+@app.command()
+def version() -> None:
+    """Print the c2t version."""
+    from c2t._version import __version__
+
+    typer.echo(__version__)
+
+
+@app.command()
+def sentences(
+    input: Annotated[Path, typer.Argument(help="An .h5ad file (raw counts or log-normalised).")],
+    out: Annotated[Path, typer.Option("-o", "--out", help="Output folder (Parquet shards + manifest).")],
+    top_k: Annotated[str, typer.Option("--top-k", help="Genes per cell, or 'all' for full sentences.")] = "100",
+    layer: Annotated[str | None, typer.Option(help="Use this layer instead of X.")] = None,
+    use_raw: Annotated[bool, typer.Option("--use-raw", help="Use raw.X instead of X.")] = False,
+    gene_key: Annotated[str | None, typer.Option("--gene-key", help="var column with the gene names.")] = None,
+    gene_map: Annotated[Path | None, typer.Option("--gene-map", help="CSV/TSV id,symbol table (e.g. Ensembl -> symbol).")] = None,
+    on_duplicate: Annotated[str, typer.Option("--on-duplicate", help="Duplicated gene names: error, first or sum.")] = "error",
+    obs_keys: Annotated[str | None, typer.Option("--obs-keys", help="Comma-separated obs columns to keep.")] = None,
+    normalize: Annotated[str, typer.Option(help="auto (detect), counts or log1p.")] = "auto",
+    seed: Annotated[int, typer.Option(help="Seed of the tie-break between equal values.")] = 0,
+    chunk_size: Annotated[int, typer.Option("--chunk-size", help="Cells per chunk and per shard.")] = 10_000,
+    workers: Annotated[int, typer.Option(help="Worker processes.")] = 1,
+) -> None:
+    """Convert an .h5ad file to cell sentences (streaming, resumable)."""
+    import c2t.io
+    from c2t.sentences import convert, load
+
+    try:
+        with c2t.io.open_source(input, layer=layer, use_raw=use_raw) as source:
+            n_obs = source.n_obs
+        bar, update = _progress(n_obs, "ranking")
+        with bar:
+            convert(
+                input, out, top_k=_parse_top_k(top_k), layer=layer, use_raw=use_raw, gene_key=gene_key,
+                gene_map=gene_map, on_duplicate=on_duplicate, obs_keys=_split_keys(obs_keys), normalize=normalize,
+                seed=seed, chunk_size=chunk_size, workers=workers, progress=update,
+            )
+        manifest = load(out).manifest if n_obs <= 200_000 else None
+    except C2TInputError as err:
+        _fail(str(err))
+        return
+    _summary_sentences(out, manifest)
+
+
+def _summary_sentences(out: Path, manifest: dict | None) -> None:
+    import json
+
+    from rich.console import Console
+
+    if manifest is None:
+        manifest = json.loads((out / "manifest.json").read_text())
+    report, inverse = manifest["report"], manifest["inverse_model"]
+    console = Console()
+    console.print(
+        f"[green]wrote[/] {out}: {manifest['n_cells']} cells, {manifest['n_genes']} genes, top_k={manifest['top_k']}, "
+        f"input {manifest['normalization']['input']} ({manifest['normalization']['decided_by']})",
+        highlight=False,
+    )
+    genes = report["genes"]
+    console.print(
+        f"  empty cells {report['n_empty_cells']}, mean expressed genes {report['mean_expressed_genes']}, "
+        f"unmapped genes {genes['n_unmapped']}, duplicated gene columns {genes['n_duplicate_columns']}",
+        highlight=False,
+    )
+    console.print(
+        f"  inverse model R²: monotone {inverse['r2_monotone']:.3f}, log-linear (Cell2Sentence) {inverse['r2_linear']:.3f}",
+        highlight=False,
+    )
+
+
+def _read_sentence_file(path: Path, column: str | None):
+    """Texts (or a CellSentences-like table) from a .txt (one sentence per line) or .parquet file."""
+    import pandas as pd
+
+    if not path.is_file():
+        _fail(f"{path}: no such file")
+    if path.suffix == ".parquet":
+        import pyarrow.parquet as pq
+
+        table = pq.read_table(path)
+        names = table.column_names
+        col = column or next((c for c in ("cell_sentence", "sentence", "text", "completion") if c in names), None)
+        if col is None or col not in names:
+            _fail(f"{path}: no text column {column or 'cell_sentence'!r}; columns are: {', '.join(names)}; pass --column")
+        obs = table.drop_columns([c for c in names if c == col or c == "genes"]).to_pandas()
+        if "cell_id" in obs:
+            obs = obs.set_index("cell_id")
+        return table[col], obs
+    try:
+        lines = path.read_text(encoding="utf-8").splitlines()
+    except UnicodeDecodeError:
+        _fail(f"{path}: not a UTF-8 text file; give a .txt (one sentence per line) or a .parquet file")
+    return lines, pd.DataFrame(index=[f"cell_{i}" for i in range(len(lines))])
+
+
+@app.command()
+def decode(
+    sentences_file: Annotated[Path, typer.Argument(help="Sentences: .txt (one per line) or .parquet (a text column).")],
+    model: Annotated[Path, typer.Option("--model", help="A cell-sentences folder (its vocabulary and inverse model).")],
+    out: Annotated[Path, typer.Option("-o", "--out", help="Output .h5ad of decoded expression.")],
+    column: Annotated[str | None, typer.Option(help="Text column of a .parquet input.")] = None,
+    delimiter: Annotated[str, typer.Option(help="Gene separator; 'whitespace' for any whitespace.")] = " ",
+) -> None:
+    """Decode cell sentences (e.g. generated ones) into an expression AnnData."""
+    from rich.console import Console
+
+    from c2t._atomic import atomic_path
+    from c2t.sentences import decode as decode_sentences
+    from c2t.sentences._decode import load_model
+
+    try:
+        load_model(model)  # check the model before reading the sentences
+        texts, obs = _read_sentence_file(sentences_file, column)
+        adata = decode_sentences(texts, model=model, obs=obs, delimiter=None if delimiter == "whitespace" else delimiter)
+    except C2TInputError as err:
+        _fail(str(err))
+        return
+    with atomic_path(out) as tmp:
+        adata.write_h5ad(tmp)
+    r = adata.uns["c2t_decode"]
+    Console().print(
+        f"[green]wrote[/] {out}: {r['n_cells']} cells x {adata.n_vars} genes; {r['n_genes_decoded']} genes decoded, "
+        f"{r['n_unknown']} unknown and {r['n_duplicate']} duplicated tokens dropped, {r['n_empty_cells']} empty cells",
+        highlight=False,
+    )
+
+
+@app.command()
+def demo(
+    out: Annotated[Path, typer.Option("-o", "--out", help="Folder for the demo outputs.")] = Path("demo_out"),
+) -> None:
+    """Run the main job on the bundled demo data (scanpy's pbmc68k_reduced, shipped offline)."""
+    from c2t._demo import run_demo
+
+    try:
+        run_demo(out)
+    except C2TInputError as err:
+        _fail(str(err))
+
+
+def main() -> None:
+    """Entry point of the ``c2t`` console script."""
+    try:
+        app()
+    except KeyboardInterrupt:
+        sys.stderr.write("interrupted; rerun the same command to resume\n")
+        sys.exit(130)
+
+
+if __name__ == "__main__":
+    main()
