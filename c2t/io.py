@@ -269,7 +269,8 @@ def _read_elem_rows(elem, start: int, stop: int):
         categories = read_elem(elem["categories"])
         codes = elem["codes"][start:stop]
         return pd.Categorical.from_codes(codes, categories=categories, ordered=bool(elem.attrs.get("ordered")))
-    return np.asarray(read_elem(elem))[start:stop]  # rare encodings: read the column, keep the rows
+    # rare encodings (e.g. nullable integers): read the column, keep the rows and the dtype
+    return read_elem(elem)[start:stop]
 
 
 def open_source(data, *, layer: str | None = None, use_raw: bool = False) -> MatrixSource:
@@ -377,6 +378,9 @@ class GenePlan:
 def read_gene_map(gene_map: str | os.PathLike | Mapping[str, str] | pd.Series) -> dict[str, str]:
     """Load an id -> symbol table: a dict, a Series, or a CSV/TSV file whose first two columns are id, symbol.
 
+    A file may have a header line or none (e.g. 10x ``features.tsv.gz``); ``.tsv``/``.txt`` (also gzipped)
+    are tab-separated, anything else comma-separated.
+
     Examples
     --------
     >>> read_gene_map({"ENSG00000167286": "CD3D"})
@@ -390,10 +394,15 @@ def read_gene_map(gene_map: str | os.PathLike | Mapping[str, str] | pd.Series) -
     if not path.is_file():
         msg = f"gene map {path}: no such file"
         raise C2TInputError(msg)
-    sep = "\t" if path.suffix in {".tsv", ".txt"} else ","
-    table = pd.read_csv(path, sep=sep, dtype=str)
+    sep = "\t" if {".tsv", ".txt"} & {s.lower() for s in path.suffixes} else ","
+    try:
+        # no header assumed: a header line only adds a harmless entry, and a headerless file keeps its first gene
+        table = pd.read_csv(path, sep=sep, dtype=str, header=None)
+    except pd.errors.EmptyDataError:
+        msg = f"gene map {path}: the file is empty"
+        raise C2TInputError(msg) from None
     if table.shape[1] < 2:
-        msg = f"gene map {path}: needs two columns (id, symbol); found {list(table.columns)}"
+        msg = f"gene map {path}: needs two columns (id, symbol); the first line is {table.iloc[0].tolist()}"
         raise C2TInputError(msg)
     table = table.iloc[:, :2].dropna()
     return dict(zip(table.iloc[:, 0].str.strip(), table.iloc[:, 1].str.strip(), strict=True))
@@ -467,9 +476,11 @@ def resolve_genes(
         if not table:
             msg = "the gene map is empty"
             raise C2TInputError(msg)
+        for key, symbol in list(table.items()):  # versioned ids in the map match unversioned names too
+            table.setdefault(_ENSEMBL_VERSION.sub(r"\1", key), symbol)
         stripped = np.array([_ENSEMBL_VERSION.sub(r"\1", n) for n in names], dtype=object)
-        mapped = pd.Series(names).map(table)
-        mapped = mapped.fillna(pd.Series(stripped).map(table))
+        exact = pd.Series(names).map(table).to_numpy(dtype=object)
+        mapped = pd.Series(np.where(pd.isna(exact), pd.Series(stripped).map(table).to_numpy(dtype=object), exact))
         unmapped = mapped.isna().to_numpy() & ~missing
         report["n_unmapped"] = int(unmapped.sum())
         report["unmapped_examples"] = names[unmapped][:10].tolist()

@@ -66,7 +66,7 @@ def _first_bad(block, where: str, cell_ids: np.ndarray, vocabulary_of_column) ->
     row = int(np.searchsorted(block.indptr, bad, side="right") - 1)
     kind = "NaN" if np.isnan(data[bad]) else "infinite" if np.isinf(data[bad]) else "negative"
     return (
-        f"{where}: {kind} value {data[bad]!r} in cell {cell_ids[row]!r}, gene {vocabulary_of_column(block.indices[bad])!r}; "
+        f"{where}: {kind} value {float(data[bad])!r} in cell {cell_ids[row]!r}, gene {vocabulary_of_column(block.indices[bad])!r}; "
         "c2t needs non-negative counts or log-normalised expression"
     )
 
@@ -145,6 +145,9 @@ def _prepare(
     if not (isinstance(seed, int | np.integer) and 0 <= seed < 2**63):
         msg = f"seed must be a non-negative integer, not {seed!r}"
         raise C2TInputError(msg)
+    if isinstance(inverse_sample, bool) or not isinstance(inverse_sample, int | np.integer) or inverse_sample < 1:
+        msg = f"inverse_sample must be a positive integer (cells used to fit the inverse model), not {inverse_sample!r}"
+        raise C2TInputError(msg)
     if source.n_obs == 0:
         msg = f"{source.name} ({source.matrix}): the matrix has no cells (0 rows)"
         raise C2TInputError(msg)
@@ -172,6 +175,12 @@ def _manifest(source: MatrixSource, plan: GenePlan, settings: _Settings, stats: 
               n_empty: int, n_expressed: int, source_hash: str | None) -> dict[str, Any]:
     if n_expressed == 0:
         msg = f"{source.name} ({source.matrix}): every cell is all-zero; there is nothing to rank"
+        raise C2TInputError(msg)
+    if not (stats.count > 0).any():
+        msg = (
+            f"{source.name} ({source.matrix}): none of the {settings.sample_fraction:.1%} of cells sampled to fit "
+            "the inverse model expresses a gene; pass a larger inverse_sample"
+        )
         raise C2TInputError(msg)
     inverse = InverseModel.fit(stats)
     return {

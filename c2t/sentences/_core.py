@@ -115,7 +115,8 @@ class CellSentences:
         starts = self.offsets[:-1][rows]
         offsets = np.concatenate([[0], np.cumsum(lengths)])
         take = np.repeat(starts - offsets[:-1], lengths) + np.arange(offsets[-1])
-        return CellSentences(offsets, self.gene_ids[take], self.vocabulary, self.obs.iloc[rows], dict(self.manifest))
+        manifest = {**self.manifest, "n_cells": len(rows)}
+        return CellSentences(offsets, self.gene_ids[take], self.vocabulary, self.obs.iloc[rows], manifest)
 
     # ------------------------------------------------------------------------------------------ views
     def _truncated(self, top_k: int | None) -> tuple[np.ndarray, np.ndarray]:
@@ -192,16 +193,16 @@ def write_vocabulary(folder: Path, vocabulary) -> None:
 def write_shard(folder: Path, number: int, cell_ids, offsets, gene_ids, obs: pd.DataFrame) -> str:
     """Write one Parquet shard atomically and return its path relative to ``folder``."""
     name = f"{SHARD_DIR}/part-{number:05d}.parquet"
-    columns = {
-        CELL_ID: pa.array(np.asarray(cell_ids).astype(str)),
-        GENES: pa.ListArray.from_arrays(pa.array(offsets, pa.int32()), pa.array(gene_ids, pa.int32())),
-    }
+    ids = pa.array(np.asarray(cell_ids).astype(str))
+    genes = pa.ListArray.from_arrays(pa.array(offsets, pa.int32()), pa.array(gene_ids, pa.int32()))
     if obs.shape[1]:
+        # keep the pandas schema metadata so that obs dtypes (categorical, nullable Int64, ...) load back exactly
         table = pa.Table.from_pandas(obs.reset_index(drop=True), preserve_index=False)
-        for col in table.column_names:
-            columns[col] = table[col]
+        table = table.add_column(0, GENES, genes).add_column(0, CELL_ID, ids)
+    else:
+        table = pa.table({CELL_ID: ids, GENES: genes})
     with atomic_path(folder / name) as tmp:
-        pq.write_table(pa.table(columns), tmp)
+        pq.write_table(table, tmp)
     return name
 
 
