@@ -14,9 +14,9 @@ import importlib
 from c2t._errors import C2TInputError
 from c2t._version import __version__
 
-__all__ = ["C2TInputError", "__version__", "io", "sentences"]
+_SUBMODULES = {"embed", "eval", "genes", "heads", "instruct", "io", "models", "plm", "sentences", "servers"}
 
-_SUBMODULES = {"io", "sentences"}
+__all__ = ["C2TInputError", "__version__", *sorted(_SUBMODULES)]
 
 
 def __getattr__(name: str):

@@ -180,6 +180,49 @@ def decode(
 
 
 @app.command()
+def pretrain(
+    config: Annotated[Path, typer.Argument(help="YAML file of settings (see c2t.plm.PretrainConfig): data, out, tokenizer, ...")],
+    out: Annotated[Path | None, typer.Option("-o", "--out", help="Output folder (overrides out: in the YAML).")] = None,
+) -> None:
+    """Pre-train a small transformer encoder on your cells with one of the PLM tokenisations."""
+    from rich.console import Console
+
+    try:
+        from c2t.plm import PretrainConfig
+        from c2t.plm import pretrain as run_pretrain
+
+        settings = PretrainConfig.from_yaml(config)
+        if out is not None:
+            settings.out = str(out)
+        if not settings.out:
+            _fail(f"{config}: no output folder; set out: in the YAML or pass -o")
+        encoder = run_pretrain(config=settings)
+    except C2TInputError as err:
+        _fail(str(err))
+        return
+    except ImportError as err:
+        _fail(f"{err}; install the PLM extra: pip install 'c2t[plm]' (and torch==2.13.0)")
+        return
+    r = encoder.report
+    console = Console()
+    console.print(f"[green]wrote[/] {settings.out}: {encoder!r}", highlight=False)
+    genes = r.get("genes") or {}
+    console.print(
+        f"  {r['cells']} cells ({r['validation_rows']} held out), {r['steps']} steps in {r['train_s']} s; genes matched "
+        f"{genes.get('n_matched')} of {genes.get('n_data_genes')}",
+        highlight=False,
+    )
+    val = r.get("validation") or {}
+    if "accuracy" in val:
+        console.print(
+            f"  {val['metric']}: {val['accuracy']:.3f} (most frequent token: {val['most_frequent_token_accuracy']:.3f})",
+            highlight=False,
+        )
+    elif "r2" in val:
+        console.print(f"  {val['metric']}: {val['r2']}", highlight=False)
+
+
+@app.command()
 def demo(
     out: Annotated[Path, typer.Option("-o", "--out", help="Folder for the demo outputs.")] = Path("demo_out"),
 ) -> None:
@@ -190,6 +233,106 @@ def demo(
         run_demo(out)
     except C2TInputError as err:
         _fail(str(err))
+
+
+@app.command()
+def instruct(
+    source: Annotated[Path, typer.Argument(help="A config (.yaml) or an .h5ad file.")],
+    out: Annotated[Path | None, typer.Option("-o", "--out", help="Output folder (default: the config's out).")] = None,
+    tasks: Annotated[str | None, typer.Option(help="Comma-separated tasks, each optionally name:weight.")] = None,
+    label_key: Annotated[str | None, typer.Option("--label-key", help="obs column of cell types.")] = None,
+    top_k: Annotated[str | None, typer.Option("--top-k", help="Genes per cell, or 'all'.")] = None,
+    seed: Annotated[int | None, typer.Option(help="Seed of splits, templates, options and order.")] = None,
+    split: Annotated[str | None, typer.Option(help="Train,validation,test fractions, e.g. 0.8,0.1,0.1.")] = None,
+    stratify: Annotated[str | None, typer.Option(help="obs column to stratify by ('none': no stratification).")] = None,
+    group: Annotated[str | None, typer.Option(help="obs column whose groups never straddle two splits.")] = None,
+    where: Annotated[list[str] | None, typer.Option(help="Keep cells with obs COLUMN=VALUE (repeatable).")] = None,
+    organism: Annotated[str | None, typer.Option(help="Organism named in the prompts.")] = None,
+    drop_missing: Annotated[bool, typer.Option("--drop-missing", help="Leave out cells with missing labels or empty sentences.")] = False,
+    formats: Annotated[str | None, typer.Option(help="prompt_completion and/or messages, comma-separated.")] = None,
+    prompts_dir: Annotated[Path | None, typer.Option("--prompts-dir", help="Folder of prompt files.")] = None,
+) -> None:
+    """Build an instruction dataset (train/validation/test, prompt/completion and messages) with a manifest."""
+    from rich.console import Console
+
+    from c2t.instruct._build import build_with
+
+    overrides: dict = {}
+    if out is not None:
+        overrides["out"] = out
+    if tasks is not None:
+        specs = []
+        for item in _split_keys(tasks):
+            name, _, weight = item.partition(":")
+            try:
+                specs.append({"task": name, "weight": float(weight)} if weight else name)
+            except ValueError:
+                _fail(f"--tasks: weight of {name!r} must be a number, not {weight!r}")
+        overrides["tasks"] = specs
+    if top_k is not None:
+        overrides["top_k"] = _parse_top_k(top_k)
+    if split is not None:
+        try:
+            overrides["split"] = [float(v) for v in split.split(",")]
+        except ValueError:
+            _fail(f"--split must be three comma-separated fractions, not {split!r}")
+    if where:
+        import yaml
+
+        conditions = {}
+        for item in where:
+            column, sep, value = item.partition("=")
+            if not sep or not column:
+                _fail(f"--where must look like COLUMN=VALUE, not {item!r}")
+            conditions[column] = yaml.safe_load(value) if value else value
+        overrides["where"] = conditions
+    if stratify is not None:
+        overrides["stratify"] = None if stratify.lower() in ("none", "null") else stratify
+    if formats is not None:
+        overrides["formats"] = _split_keys(formats)
+    if drop_missing:
+        overrides["drop_missing"] = True
+    for key, value in (("label_key", label_key), ("seed", seed), ("group", group), ("organism", organism),
+                       ("prompts_dir", prompts_dir)):
+        if value is not None:
+            overrides[key] = value
+    if source.suffix not in (".yaml", ".yml") and "tasks" not in overrides:
+        _fail("give --tasks (e.g. --tasks cell_type,generation:0.5) or a config file")
+    state: dict = {}
+
+    def progress(done: int, total: int) -> None:
+        if "bar" not in state:
+            from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+
+            state["bar"] = Progress(TextColumn("writing"), BarColumn(), MofNCompleteColumn(), TextColumn("examples"),
+                                    TimeRemainingColumn(), transient=True)
+            state["task"] = state["bar"].add_task("writing", total=total)
+            state["bar"].start()
+        state["bar"].update(state["task"], completed=done)
+
+    try:
+        dsd = build_with(str(source), overrides, progress=progress)
+    except C2TInputError as err:
+        _fail(str(err))
+        return
+    finally:
+        if "bar" in state:
+            state["bar"].stop()
+    from c2t.instruct import read_info
+
+    target = Path(dsd["train"].cache_files[0]["filename"]).parents[1]
+    manifest = read_info(target)
+    sizes = " / ".join(f"{name} {n}" for name, n in manifest["splits"].items())
+    Console().print(f"[green]wrote[/] {target}: {sum(manifest['splits'].values())} examples ({sizes}); "
+                    f"{manifest['n_cells']} cells, top_k={manifest['top_k']}", highlight=False)
+    for task in manifest["tasks"]:
+        Console().print(f"  {task['task']}: {sum(task['examples'].values())} examples, "
+                        f"{len(task['templates']['template_ids'])} templates", highlight=False)
+
+
+from c2t._cli_embed import register as _register_embed  # noqa: E402 - verbs defined in their own module
+
+_register_embed(app)
 
 
 def main() -> None:

@@ -1,0 +1,43 @@
+"""Sparse (cells x genes) times dense (genes x dim), parallel over cells.
+
+The dense matrix is read in blocks of rows small enough to stay in the CPU cache while every cell adds the
+contributions of its genes in that block (CSR indices are sorted, so each cell's entries for a block are
+contiguous and a per-cell cursor finds them). Reading the gene matrix once per block instead of once per
+non-zero is what makes this several times faster than scipy's sparse @ dense.
+"""
+
+from __future__ import annotations
+
+import numba as nb
+import numpy as np
+
+_BLOCK_ROWS = 1024
+
+
+@nb.njit(parallel=True, fastmath=True, cache=True, nogil=True)
+def _blocked_product(indptr, indices, data, dense, block, out):
+    n = len(indptr) - 1
+    n_rows, dim = dense.shape
+    cursor = indptr[:-1].copy()
+    for g0 in range(0, n_rows, block):
+        g1 = min(n_rows, g0 + block)
+        for i in nb.prange(n):
+            j = cursor[i]
+            end = indptr[i + 1]
+            o = out[i]
+            while j < end and indices[j] < g1:
+                v = np.float32(data[j])
+                row = dense[indices[j]]
+                for d in range(dim):
+                    o[d] += v * row[d]
+                j += 1
+            cursor[i] = j
+
+
+def weighted_sum(block, dense_by_column: np.ndarray) -> np.ndarray:
+    """``block @ dense_by_column`` for a canonical CSR ``block`` (sorted indices), as float32."""
+    assert block.has_canonical_format
+    out = np.zeros((block.shape[0], dense_by_column.shape[1]), dtype=np.float32)
+    _blocked_product(block.indptr, block.indices, block.data, np.ascontiguousarray(dense_by_column, dtype=np.float32),
+                     _BLOCK_ROWS, out)
+    return out
