@@ -88,13 +88,17 @@ def embed_genes_command(
     Console().print(f"[green]wrote[/] {out}: {result}; coverage {coverage}", highlight=False)
 
 
+def _check_output(out: Path) -> None:
+    if out.suffix not in {".h5ad", ".parquet", ".npy"}:
+        _fail(f"{out}: the output must end in .h5ad, .parquet or .npy")
+
+
 def write_embedding(adata, key: str, out: Path) -> None:
     """Write ``adata.obsm[key]`` as .h5ad (the AnnData with it), .parquet (cell_id + embedding) or .npy."""
     from c2t._atomic import atomic_path
 
+    _check_output(out)
     suffix = out.suffix
-    if suffix not in {".h5ad", ".parquet", ".npy"}:
-        _fail(f"{out}: the output must end in .h5ad, .parquet or .npy")
     with atomic_path(out) as tmp:
         if suffix == ".h5ad":
             adata.write_h5ad(tmp)
@@ -136,6 +140,7 @@ def embed_cells_command(
 
     if method not in METHODS:
         _fail(f"unknown method {method!r}; choose one of {', '.join(METHODS)}")
+    _check_output(out)  # before any work: embedding many cells and then failing on the name wastes it all
     key = key_added or "X_" + method.replace("-", "_")
     try:
         adata = _read_adata(input)

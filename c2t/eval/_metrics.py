@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import numpy as np
+import pandas as pd
 
 from c2t._errors import C2TInputError
 
@@ -13,7 +14,8 @@ def _labelled(X, y) -> tuple[np.ndarray, np.ndarray]:
     if len(X) != len(y):
         msg = f"{len(y)} labels for {len(X)} cells"
         raise C2TInputError(msg)
-    keep = np.array([v is not None and v == v and str(v) != "nan" for v in y])
+    keep = ~pd.isna(y)  # None, NaN and pd.NA (pandas string columns); also the text "nan" of a cast column
+    keep[keep] = y[keep].astype(str) != "nan"
     return X[keep], y[keep].astype(str)
 
 

@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import Any, ClassVar
 
 import numpy as np
+import pandas as pd
 
 from c2t._atomic import atomic_path, replace_dir
 from c2t._errors import C2TInputError
@@ -32,7 +33,7 @@ def _check_xy(X, y=None) -> tuple[np.ndarray, np.ndarray | None]:
     if len(y) != len(X):
         msg = f"{len(y)} labels for {len(X)} cells"
         raise C2TInputError(msg)
-    if any(v is None or (isinstance(v, float) and np.isnan(v)) for v in y):
+    if pd.isna(y).any():  # None, NaN and pd.NA (pandas string columns)
         msg = "labels contain missing values; drop unlabelled cells first"
         raise C2TInputError(msg)
     y = y.astype(str)
@@ -70,10 +71,13 @@ class EmbeddingHead:
     def _proba(self, X: np.ndarray) -> np.ndarray:
         raise NotImplementedError
 
+    def _confidence(self, X: np.ndarray, proba: np.ndarray) -> np.ndarray:
+        return proba.max(axis=1)
+
     def predict(self, X, *, unknown_threshold: float | None = None) -> tuple[np.ndarray, np.ndarray]:
         """Labels and confidences; a cell whose confidence is below ``unknown_threshold`` is ``"unknown"``."""
         proba = self.predict_proba(X)
-        confidence = proba.max(axis=1)
+        confidence = self._confidence(np.asarray(X, dtype=np.float32), proba)
         labels = self.classes_[proba.argmax(axis=1)].astype(object)
         if unknown_threshold is not None:
             labels[confidence < unknown_threshold] = UNKNOWN
@@ -94,20 +98,54 @@ class EmbeddingHead:
 
 
 class KNNHead(EmbeddingHead):
-    """k nearest neighbours by cosine distance (GenePT's evaluation: 10-NN); confidence = neighbour vote share."""
+    """k nearest neighbours by cosine distance (GenePT's evaluation: 10-NN).
+
+    ``predict_proba`` is the neighbours' vote share. The confidence used for ``"unknown"`` also asks whether
+    the cell is as close to its predicted type as that type's own cells are: p is the fraction of reference
+    cells of the predicted type whose mean distance to their k nearest same-type cells is at least the
+    query's (an empirical p-value). Cells with p below ``novelty_alpha`` get the vote share times
+    ``p / novelty_alpha``; the others keep the vote share. A cell of a type missing from the reference finds
+    unanimous but unusually distant neighbours, and its confidence drops.
+    """
 
     method = "knn"
 
-    def __init__(self, n_neighbors: int = 10) -> None:
+    def __init__(self, n_neighbors: int = 10, novelty_alpha: float = 0.1) -> None:
         self.n_neighbors = n_neighbors
+        self.novelty_alpha = novelty_alpha
 
     def _fit(self, X, y) -> None:
-        from sklearn.neighbors import KNeighborsClassifier
+        from sklearn.neighbors import KNeighborsClassifier, NearestNeighbors
 
         self.model_ = KNeighborsClassifier(n_neighbors=min(self.n_neighbors, len(X)), metric="cosine").fit(X, y)
+        self.class_index_, self.class_distances_ = {}, {}
+        for label in self.classes_:
+            cells = X[y == label]
+            k = min(self.n_neighbors, len(cells) - 1)
+            if k < 1:
+                continue  # a one-cell class: no spread to compare with
+            index = NearestNeighbors(n_neighbors=k, metric="cosine").fit(cells)
+            distances, _ = index.kneighbors()  # leave-one-out: each cell's k nearest other cells of its type
+            self.class_index_[label] = index
+            self.class_distances_[label] = np.sort(distances.mean(axis=1))
 
     def _proba(self, X) -> np.ndarray:
         return self.model_.predict_proba(X)
+
+    def _confidence(self, X: np.ndarray, proba: np.ndarray) -> np.ndarray:
+        confidence = proba.max(axis=1).astype(np.float64)
+        if self.novelty_alpha <= 0:
+            return confidence.astype(np.float32)
+        predicted = self.classes_[proba.argmax(axis=1)]
+        for label, index in self.class_index_.items():
+            rows = np.flatnonzero(predicted == label)
+            if len(rows) == 0:
+                continue
+            distances, _ = index.kneighbors(X[rows])
+            reference = self.class_distances_[label]
+            p_value = 1.0 - np.searchsorted(reference, distances.mean(axis=1), side="left") / len(reference)
+            confidence[rows] *= np.minimum(1.0, p_value / self.novelty_alpha)
+        return confidence.astype(np.float32)
 
 
 class LogisticHead(EmbeddingHead):
@@ -200,7 +238,7 @@ class MLPHead(EmbeddingHead):
                 optimiser.zero_grad()
                 loss.backward()
                 optimiser.step()
-                total += float(loss) * len(batch)
+                total += loss.item() * len(batch)  # float(loss) warns on a tensor that requires grad
             losses.append(total / len(xs))
         self.state_ = {k: v.detach().clone() for k, v in net.state_dict().items()}
         self.info_ = {"train_loss_first": losses[0], "train_loss_last": losses[-1]}
@@ -265,6 +303,9 @@ def fit_head(adata, *, use_rep: str, label_key: str, method: str = "knn", **opti
         raise C2TInputError(msg)
     labels = adata.obs[label_key]
     keep = labels.notna().to_numpy()
+    if not keep.any():
+        msg = f"no cell has a label in adata.obs[{label_key!r}] (all {adata.n_obs} are missing)"
+        raise C2TInputError(msg)
     head = HEADS[method](**options).fit(_rep(adata, use_rep)[keep], labels[keep].astype(str).to_numpy())
     head.info_ = {**getattr(head, "info_", {}), "use_rep": use_rep, "label_key": label_key, "n_reference": int(keep.sum())}
     return head
