@@ -1,4 +1,5 @@
-"""The main job on bundled demo data: cells -> sentences -> decoded cells, with a reconstruction check.
+"""The main job on bundled demo data: cells -> sentences -> instruction data, and sentences -> decoded
+cells with a reconstruction check.
 
 The demo data is scanpy's ``pbmc68k_reduced`` (700 PBMCs, shipped inside scanpy, no download). Its
 ``raw.X`` holds log1p(CP10k); integer counts are recovered as ``round(expm1(raw.X) * n_counts / 1e4)``.
@@ -58,9 +59,16 @@ def run_demo(out: Path) -> dict:
     console.print(f"[bold]2. cell sentences[/] {sentences_dir}: {cs}")
     for text, label in zip(cs.texts(top_k=12)[:3], cs.obs["cell_type"][:3], strict=True):
         console.print(f"   [cyan]{label}[/]: {text} ...", highlight=False)
-    dataset_dir = out / "hf_dataset"
-    cs.to_dataset().save_to_disk(str(dataset_dir))
-    console.print(f"[bold]3. Hugging Face dataset[/] {dataset_dir}")
+    import c2t.instruct
+
+    dataset_dir = out / "instruction_data"
+    dsd = c2t.instruct.build(data, out=dataset_dir, tasks=["cell_type", "cell_type_mc", {"task": "generation",
+                             "weight": 0.5}], label_key="cell_type", top_k=100, organism="human", name="demo")
+    sizes = ", ".join(f"{split} {len(dsd[split])}" for split in dsd)
+    console.print(f"[bold]3. instruction dataset[/] {dataset_dir}: {sizes} (prompt/completion and messages)")
+    record = dsd["train"][0]
+    console.print(f"   [cyan]{record['template_id']}[/]: {record['prompt'][:160]!r} -> {record['completion'][:60]!r}",
+                  highlight=False)
     decoded = decode(cs.texts(), model=sentences_dir, obs=cs.obs)
     with atomic_path(out / "decoded.h5ad") as tmp:
         decoded.write_h5ad(tmp)

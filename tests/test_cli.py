@@ -137,3 +137,19 @@ def test_sentences_on_pbmc3k_with_workers(tmp_path):
     assert len(cs.manifest["shards"]) == 3
     assert cs.manifest["normalization"]["input"] == "counts"
     assert cs.texts()[:5] == from_adata(PBMC3K, top_k=100).texts()[:5]
+
+
+def test_demo_main_job(tmp_path):
+    """The README's main job: demo counts -> sentences -> instruction data -> decoded cells."""
+    import c2t.instruct
+
+    result = runner.invoke(app, ["demo", "-o", str(tmp_path / "demo")])
+    assert result.exit_code == 0, result.output
+    cs = load(tmp_path / "demo" / "sentences")
+    assert len(cs) == 700 and cs.manifest["normalization"]["input"] == "counts"
+    dsd = c2t.instruct.load(tmp_path / "demo" / "instruction_data")
+    assert set(dsd) == {"train", "validation", "test"}
+    assert {"cell_type", "cell_type_mc", "generation"} == set(dsd["train"]["task"])
+    decoded = ad.read_h5ad(tmp_path / "demo" / "decoded.h5ad")
+    assert decoded.shape == (700, 765) and decoded.uns["c2t_decode"]["n_unknown"] == 0
+    assert "Pearson" in result.output
