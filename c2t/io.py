@@ -168,7 +168,15 @@ class _AnnDataSource(MatrixSource):
             self._x = sp.csr_matrix(self._x)  # row chunks of a CSC matrix are slow; convert once
 
     def rows(self, start: int, stop: int) -> sp.csr_matrix:
-        return _to_csr(self._x[start:stop])
+        x = self._x
+        if sp.issparse(x) and x.format == "csr" and x.has_sorted_indices:
+            # a view on the rows (no copy): only the offsets are rebuilt
+            a, b = int(x.indptr[start]), int(x.indptr[stop])
+            view = sp.csr_matrix((stop - start, x.shape[1]), dtype=x.dtype)
+            # set the arrays directly: scipy's constructor would copy slices of larger arrays ("prune")
+            view.data, view.indices, view.indptr = x.data[a:b], x.indices[a:b], x.indptr[start : stop + 1] - a
+            return _to_csr(view)
+        return _to_csr(x[start:stop])
 
     def obs_names(self, start: int, stop: int) -> np.ndarray:
         return np.asarray(self.adata.obs_names[start:stop], dtype=object)

@@ -93,35 +93,42 @@ def _rank_chunk(source: MatrixSource, plan: GenePlan, start: int, stop: int, set
     ids = np.empty(offsets[-1], dtype=np.int32)
     values = np.empty(offsets[-1], dtype=np.uint32)
     bits = _kernels.bits_for(n_genes)
-    _kernels.rank_rows(
-        block.indptr, block.indices, block.data, col_map, start, settings.seed, bits, lengths, offsets, ids, values
-    )
-    stats = _inverse_stats(raw, block, col_map, start, n_positive, settings, bits)
+    _kernels.rank_rows(block.indptr, block.indices, _kernels.float_bits(block.data), col_map, start, settings.seed, bits,
+                       lengths, offsets, ids, values)
+    library_sizes = None if block is raw else np.asarray(raw.sum(axis=1), dtype=np.float64).ravel()
+    stats = _inverse_stats(block, col_map, start, n_positive, settings, library_sizes)
     obs = source.obs_columns(settings.obs_keys, start, stop) if settings.obs_keys else pd.DataFrame(index=range(stop - start))
     return _Chunk(start, cell_ids, offsets, ids, obs, stats, int((n_positive == 0).sum()), int(n_positive.sum()))
 
 
-def _inverse_stats(raw, block, col_map, start: int, n_positive: np.ndarray, settings: _Settings, bits: int) -> RankStats:
-    """Full-sentence (rank, normalised expression) statistics of the sampled cells of a chunk."""
+def _inverse_stats(block, col_map, start: int, n_positive: np.ndarray, settings: _Settings,
+                   library_sizes: np.ndarray | None = None) -> RankStats:
+    """Full-sentence (rank, normalised expression) statistics of the sampled cells of a chunk.
+
+    Only values are needed (equal values are interchangeable here), so each sampled row is sorted in
+    place by a kernel; no sub-matrix is copied.
+    """
     from c2t.sentences import _kernels
 
     rows = np.flatnonzero(_sampled(np.arange(start, start + block.shape[0]), settings.seed, settings.sample_fraction))
     rows = rows[n_positive[rows] > 0]
     if len(rows) == 0:
         return RankStats()
-    sub = block[rows]
     lengths = n_positive[rows]
     offsets = np.concatenate([[0], np.cumsum(lengths)]).astype(np.int64)
-    ids = np.empty(offsets[-1], dtype=np.int32)
-    bits_values = np.empty(offsets[-1], dtype=np.uint32)
-    # ranks only need values; tie order is irrelevant here, so the row numbering need not be global
-    _kernels.rank_rows(sub.indptr, sub.indices, sub.data, col_map, 0, settings.seed, bits, lengths, offsets, ids, bits_values)
-    values = bits_values.view(np.float32).astype(np.float64)
+    values = np.empty(offsets[-1], dtype=np.float32)
+    totals = np.empty(len(rows), dtype=np.float64)
+    _kernels.sorted_row_values(block.indptr, block.indices, block.data, col_map, rows.astype(np.int64), lengths,
+                               offsets, values, totals)
+    values = values.astype(np.float64)
     if settings.input_kind == "counts":
-        totals = np.asarray(raw[rows].sum(axis=1), dtype=np.float64).ravel()
+        if library_sizes is not None:  # columns were merged or dropped: the library size is the raw row's
+            totals = library_sizes[rows]
         values = np.log1p(values * np.repeat(settings.target_sum / totals, lengths))
-    ranks = np.arange(offsets[-1]) - np.repeat(offsets[:-1], lengths) + 1
-    return RankStats.from_ranked(ranks, values, len(rows))
+    size = int(lengths.max())
+    count, total, total_sq = np.zeros(size), np.zeros(size), np.zeros(size)
+    _kernels.accumulate_rank_stats(offsets, values, count, total, total_sq)
+    return RankStats(count, total, total_sq, len(rows))
 
 
 def _prepare(
@@ -230,7 +237,7 @@ def from_adata(
     target_sum: float = 1e4,
     seed: int = 0,
     chunk_size: int = 10_000,
-    inverse_sample: int = 10_000,
+    inverse_sample: int = 3_000,
     progress: Callable[[int], None] | None = None,
 ) -> CellSentences:
     """Rank every cell's genes by expression and keep the top ``top_k`` as a cell sentence.
@@ -359,7 +366,7 @@ def convert(
     seed: int = 0,
     chunk_size: int = 10_000,
     workers: int = 1,
-    inverse_sample: int = 10_000,
+    inverse_sample: int = 3_000,
     progress: Callable[[int], None] | None = None,
 ) -> Path:
     """Convert an ``.h5ad`` file to cell sentences on disk, streaming, resumable, optionally in parallel.

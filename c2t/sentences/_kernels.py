@@ -84,8 +84,12 @@ def scan_rows(indptr, indices, data, col_map):
 
 
 @nb.njit(parallel=True, cache=True, nogil=True)
-def rank_rows(indptr, indices, data, col_map, row0, seed, mbits, lengths, offsets, out_ids, out_values):
-    """Write each row's top ``lengths[i]`` genes (value descending, seeded tie-break) at ``offsets[i]``."""
+def rank_rows(indptr, indices, value_bits, col_map, row0, seed, mbits, lengths, offsets, out_ids, out_values):
+    """Write each row's top ``lengths[i]`` genes (value descending, seeded tie-break) at ``offsets[i]``.
+
+    ``value_bits`` is the float32 data viewed as uint32 (see :func:`float_bits`); values were validated
+    (no NaN, no negatives) before, so positive values are exactly the non-zero bit patterns.
+    """
     n = len(indptr) - 1
     mask = np.uint64((1 << mbits) - 1)
     shift = np.uint64((mbits + 1) // 2)  # 2 * shift >= mbits: x ^ (x >> shift) is its own inverse
@@ -96,13 +100,18 @@ def rank_rows(indptr, indices, data, col_map, row0, seed, mbits, lengths, offset
         mult, add, inv = _cell_constants(seed, row0 + i)
         heap = np.empty(k, np.uint64)  # min-heap of the k largest keys seen so far
         size = 0
+        floor = np.uint64(0)  # value bits of the smallest key kept once the heap is full
         for j in range(indptr[i], indptr[i + 1]):
-            v = data[j]
+            bits = np.uint64(value_bits[j])
+            if bits == 0 or bits >= np.uint64(0x80000000):
+                continue  # zero (or negative zero)
+            if size == k and bits < floor:
+                continue  # most entries end here: below the k-th value, no key is needed
             gene = col_map[indices[j]]
-            if v > 0.0 and gene >= 0:
+            if gene >= 0:
                 x = (np.uint64(gene) * mult + add) & mask
                 x = x ^ (x >> shift)
-                key = (np.uint64(np.float32(v).view(np.uint32)) << np.uint64(32)) | x
+                key = (bits << np.uint64(32)) | x
                 if size < k:
                     heap[size] = key
                     c = size
@@ -119,6 +128,8 @@ def rank_rows(indptr, indices, data, col_map, row0, seed, mbits, lengths, offset
                 elif key > heap[0]:
                     heap[0] = key
                     _sift_down(heap, 0, size)
+                if size == k:
+                    floor = heap[0] >> np.uint64(32)
         base = offsets[i]
         m = size
         while m > 0:  # pop the minimum into the last free slot: descending order
@@ -130,6 +141,40 @@ def rank_rows(indptr, indices, data, col_map, row0, seed, mbits, lengths, offset
             x = x ^ (x >> shift)
             out_ids[base + m] = np.int32(((x - add) * inv) & mask)
             out_values[base + m] = np.uint32(top >> np.uint64(32))
+
+
+@nb.njit(parallel=True, cache=True, nogil=True)
+def sorted_row_values(indptr, indices, data, col_map, rows, lengths, offsets, out_values, out_totals):
+    """For each row in ``rows``: its positive kept values in descending order (at ``offsets``) and the sum
+    of all its values (the library size, over every column)."""
+    for r in nb.prange(len(rows)):
+        i = rows[r]
+        buffer = np.empty(lengths[r], np.float32)
+        count = 0
+        total = 0.0
+        for j in range(indptr[i], indptr[i + 1]):
+            v = data[j]
+            total += v
+            if v > 0.0 and col_map[indices[j]] >= 0:
+                buffer[count] = v
+                count += 1
+        buffer = np.sort(buffer[:count])
+        base = offsets[r]
+        for t in range(count):
+            out_values[base + t] = buffer[count - 1 - t]
+        out_totals[r] = total
+
+
+@nb.njit(cache=True, nogil=True)
+def accumulate_rank_stats(offsets, values, count, total, total_sq):
+    """Add each row's values (in rank order) to the per-rank count, sum and sum of squares."""
+    for r in range(len(offsets) - 1):
+        base = offsets[r]
+        for t in range(offsets[r + 1] - base):
+            v = values[base + t]
+            count[t] += 1.0
+            total[t] += v
+            total_sq[t] += v * v
 
 
 @nb.njit(cache=True)
@@ -156,6 +201,11 @@ def dedupe_tokens(rows, genes, n_rows, n_genes):
         keep[t] = True
         rank[t] = r
     return keep, rank
+
+
+def float_bits(data: np.ndarray) -> np.ndarray:
+    """The values as float32 bit patterns (uint32): for non-negative floats they order like the values."""
+    return np.ascontiguousarray(data, dtype=np.float32).view(np.uint32)
 
 
 def bits_for(n_genes: int) -> int:
