@@ -169,13 +169,14 @@ class _AnnDataSource(MatrixSource):
 
     def rows(self, start: int, stop: int) -> sp.csr_matrix:
         x = self._x
-        if sp.issparse(x) and x.format == "csr" and x.has_sorted_indices:
+        if sp.issparse(x) and x.format == "csr" and x.dtype in (np.float32, np.float64) and x.has_canonical_format:
             # a view on the rows (no copy): only the offsets are rebuilt
             a, b = int(x.indptr[start]), int(x.indptr[stop])
             view = sp.csr_matrix((stop - start, x.shape[1]), dtype=x.dtype)
             # set the arrays directly: scipy's constructor would copy slices of larger arrays ("prune")
             view.data, view.indices, view.indptr = x.data[a:b], x.indices[a:b], x.indptr[start : stop + 1] - a
-            return _to_csr(view)
+            view.has_canonical_format = True  # rows of a canonical matrix are canonical
+            return view
         return _to_csr(x[start:stop])
 
     def obs_names(self, start: int, stop: int) -> np.ndarray:
