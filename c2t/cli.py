@@ -330,6 +330,44 @@ def instruct(
                         f"{len(task['templates']['template_ids'])} templates", highlight=False)
 
 
+@app.command(context_settings={"allow_extra_args": True, "ignore_unknown_options": True})
+def train(
+    ctx: typer.Context,
+    config: Annotated[Path | None, typer.Argument(help="Training config (.yaml); any field can be overridden: --lora-r 8.")] = None,
+    fields: Annotated[bool, typer.Option("--fields", help="List the config fields (the flags) and exit.")] = False,
+) -> None:
+    """Instruction-tune a model on a c2t dataset (LoRA or full; GPT-2, LLaMA family, T5); resumes when rerun."""
+    from c2t.train._config import TrainConfig, fields_help
+
+    if fields:
+        typer.echo(fields_help())
+        return
+    if config is None:
+        _fail("give a training config (.yaml); `c2t train --fields` lists its fields")
+        return
+    try:
+        cfg = TrainConfig.from_yaml(config, ctx.args)
+        from c2t.train import read_run
+        from c2t.train import train as run_training
+
+        out = run_training(cfg)
+        manifest = read_run(out)
+    except C2TInputError as err:
+        _fail(str(err))
+        return
+    from rich.console import Console
+
+    t = manifest["training"]
+    console = Console()
+    console.print(f"[green]wrote[/] {out}: {manifest['artifact']} of {manifest['model_type']} ({manifest['trainer']}), "
+                  f"{t['global_step']} steps, loss {t['first_loss']:.4f} -> {t['last_loss']:.4f}"
+                  + (f", eval loss {t['eval_loss']:.4f}" if t["eval_loss"] is not None else ""), highlight=False)
+    if manifest.get("gene_tokens"):
+        g = manifest["gene_tokens"]
+        console.print(f"  gene tokens: {g['added']} added; tokens per cell sentence {g['tokens_per_sentence']['without']:.1f}"
+                      f" -> {g['tokens_per_sentence']['with']:.1f}", highlight=False)
+
+
 from c2t._cli_embed import register as _register_embed  # noqa: E402 - verbs defined in their own module
 
 _register_embed(app)

@@ -98,3 +98,83 @@ def reference_norm():
 def synthetic_factory():
     """:func:`make_synthetic`, for tests that need data of another shape or seed."""
     return make_synthetic
+
+
+# ----------------------------------------------------------------------------------------------- c2t.train
+# 300 real pbmc3k cells as an instruction dataset, a small tokenizer and tiny random GPT-2 / LLaMA / T5 models.
+@pytest.fixture(scope="session")
+def tokenizer_dir(tmp_path_factory, pbmc_dataset) -> Path:
+    """SmolLM2's tokenizer (pre-tokenizer, special tokens, chat template) retrained to 1024 tokens on the records:
+    the 49k-row output layer would make every CPU step ~10x slower."""
+    import os
+
+    from transformers import AutoTokenizer
+
+    from c2t.instruct import load
+    from c2t.models import smollm2_hf
+
+    cache = os.environ.get("C2T_CACHE") or tmp_path_factory.mktemp("c2t_cache")
+    try:
+        smollm2 = AutoTokenizer.from_pretrained(smollm2_hf(cache))
+    except ImportError as err:
+        pytest.skip(f"no SmolLM2 tokenizer: {err}")
+    dsd = load(pbmc_dataset)
+    texts = [t for name in dsd for r in dsd[name] for t in (r["prompt"], r["completion"])]
+    small = smollm2.train_new_from_iterator(texts, vocab_size=1024)
+    out = tmp_path_factory.mktemp("tokenizer")
+    small.save_pretrained(out)
+    return out
+
+
+@pytest.fixture(scope="session")
+def pbmc_dataset(tmp_path_factory) -> Path:
+    """300 pbmc3k cells, cell type annotation, top 10 genes: ~230 train records."""
+    if not PBMC3K.is_file():
+        pytest.skip(f"{PBMC3K.name} is absent from ../shared/data")
+    from c2t.instruct import build
+    from c2t.io import read_h5ad
+
+    adata = read_h5ad(PBMC3K)
+    rows = np.sort(np.random.default_rng(0).choice(adata.n_obs, 300, replace=False))
+    out = tmp_path_factory.mktemp("ds") / "pbmc3k_ct"
+    build(adata[rows].copy(), out=out, tasks="cell_type", top_k=10, label_key="seurat_celltype", drop_missing=True)
+    return out
+
+
+def _tiny_model(kind: str, tokenizer_dir: Path, folder: Path) -> Path:
+    import torch
+    from transformers import (
+        AutoTokenizer,
+        GPT2Config,
+        GPT2LMHeadModel,
+        LlamaConfig,
+        LlamaForCausalLM,
+        T5Config,
+        T5ForConditionalGeneration,
+    )
+
+    tok = AutoTokenizer.from_pretrained(tokenizer_dir)
+    ids = {"pad_token_id": tok.pad_token_id, "eos_token_id": tok.eos_token_id, "bos_token_id": tok.bos_token_id}
+    torch.manual_seed(0)
+    if kind == "gpt2":
+        model = GPT2LMHeadModel(GPT2Config(vocab_size=len(tok), n_positions=256, n_embd=32, n_layer=2, n_head=2,
+                                           initializer_range=0.2, **ids))
+    elif kind == "llama":
+        model = LlamaForCausalLM(LlamaConfig(vocab_size=len(tok), hidden_size=32, intermediate_size=64,
+                                             num_hidden_layers=2, num_attention_heads=2, num_key_value_heads=1,
+                                             max_position_embeddings=256, tie_word_embeddings=True,
+                                             initializer_range=0.2, **ids))
+    else:
+        model = T5ForConditionalGeneration(T5Config(vocab_size=len(tok), d_model=32, d_kv=16, d_ff=64, num_layers=2,
+                                                    num_heads=2, decoder_start_token_id=tok.pad_token_id,
+                                                    pad_token_id=tok.pad_token_id, eos_token_id=tok.eos_token_id))
+    out = folder / kind
+    model.save_pretrained(out)
+    tok.save_pretrained(out)
+    return out
+
+
+@pytest.fixture(scope="session")
+def tiny_models(tmp_path_factory, tokenizer_dir) -> dict[str, Path]:
+    folder = tmp_path_factory.mktemp("models")
+    return {kind: _tiny_model(kind, tokenizer_dir, folder) for kind in ("gpt2", "llama", "t5")}

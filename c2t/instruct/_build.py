@@ -343,6 +343,8 @@ def _manifest(plan: _Plan, written: dict[str, Any]) -> dict[str, Any]:
             "normalization": (sentences.get("normalization") or {}).get("input"),
             "tie_break": sentences.get("tie_break"),
             "report": sentences.get("report"),
+            # rank -> expression: generation decodes the generated sentences with it
+            "inverse_model": sentences.get("inverse_model"),
         },
         "where": options.where,
         "n_cells": len(cells),

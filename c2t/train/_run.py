@@ -1,0 +1,496 @@
+"""``train``: one config -> a LoRA adapter (or full model) with its tokenizer, config, manifest and loss logs.
+
+Decoder models train with TRL's ``SFTTrainer`` (prompt/completion records with the loss on the completion, or
+chat records through the tokenizer's chat template); encoder-decoder models (T5) with transformers'
+``Seq2SeqTrainer``. The two paths share the dataset checks, the model and adapter set-up, the outputs and
+resuming; only the trainer differs.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import os
+import shutil
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+from c2t._atomic import atomic_path, write_text_atomic
+from c2t._errors import C2TInputError
+from c2t._manifest import MANIFEST_NAME, file_hash, write_manifest
+from c2t.train._config import CONFIG_FILE, TrainConfig
+from c2t.train._data import (
+    add_gene_tokens,
+    check_lengths,
+    dataset_labels,
+    gene_sentences,
+    open_dataset,
+    read_vocabulary,
+    shape_records,
+    template_ids,
+    tokens_per_sentence,
+)
+
+KIND = "train_run"
+LOSS_CSV = "loss.csv"
+LOSS_PNG = "loss.png"
+GENE_TOKENS_FILE = "gene_tokens.txt"
+_QKV = ["q_proj", "v_proj"]
+DEFAULT_TARGETS: dict[str, list[str]] = {
+    "gpt2": ["c_attn"], "gpt_neo": _QKV, "llama": _QKV, "mistral": _QKV, "mixtral": _QKV, "qwen2": _QKV,
+    "qwen3": _QKV, "gemma": _QKV, "gemma2": _QKV, "gemma3_text": _QKV, "phi3": ["qkv_proj"], "t5": ["q", "v"],
+    "mt5": ["q", "v"], "umt5": ["q", "v"], "bart": _QKV,
+}
+_SAVE_STATES = ("optimizer.pt", "scheduler.pt", "rng_state.pth", "trainer_state.json")
+
+
+def _require_train_extra():
+    try:
+        import peft  # noqa: F401
+        import transformers  # noqa: F401
+        import trl  # noqa: F401
+    except ImportError as err:
+        msg = f"c2t.train needs the train extra ({err.name} is missing): pip install 'c2t[train]'"
+        raise ImportError(msg) from None
+
+
+# ----------------------------------------------------------------------------------------------- output folder
+def _prepare_output(cfg: TrainConfig) -> str:
+    """``"new"``, ``"resume"`` (same run, unfinished) or ``"finished"``; refuses a folder holding another run."""
+    import yaml
+
+    out = Path(cfg.output_dir)
+    if out.exists() and not out.is_dir():
+        msg = f"{out}: output_dir is a file"
+        raise C2TInputError(msg)
+    if out.is_dir() and any(out.iterdir()):
+        saved_path = out / CONFIG_FILE
+        if not saved_path.is_file():
+            msg = f"{out}: output_dir holds other files (not a c2t training run); choose an empty or new folder"
+            raise C2TInputError(msg)
+        saved = yaml.safe_load(saved_path.read_text(encoding="utf-8")) or {}
+        mine = cfg.identity()
+        diff = [f"{k}: {saved.get(k)!r} there, {v!r} here" for k, v in mine.items() if saved.get(k) != v]
+        if diff:
+            msg = f"{out}: output_dir holds another run (its {CONFIG_FILE} differs: {'; '.join(diff)}); choose another output_dir"
+            raise C2TInputError(msg)
+        return "finished" if (out / MANIFEST_NAME).is_file() else "resume"
+    return "new"
+
+
+def _last_checkpoint(out: Path) -> str | None:
+    from transformers.trainer_utils import get_last_checkpoint
+
+    last = get_last_checkpoint(str(out))
+    return last
+
+
+# ----------------------------------------------------------------------------------------------- model
+def _check_base(path: str) -> Path:
+    base = Path(path)
+    if not base.is_dir():
+        msg = f"base_model {path}: no such folder (a local transformers model folder is needed)"
+        raise C2TInputError(msg)
+    if not (base / "config.json").is_file():
+        msg = f"base_model {path}: no config.json; not a transformers model folder"
+        raise C2TInputError(msg)
+    return base
+
+
+def _dtype(name: str):
+    import torch
+
+    return {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}[name]
+
+
+def _matches(name: str, target: str) -> bool:
+    return name == target or name.endswith("." + target)
+
+
+def _target_modules(model, cfg: TrainConfig) -> list[str]:
+    names = [n for n, m in model.named_modules() if n and not list(m.children())]
+    targets = cfg.target_modules
+    if targets is None:
+        targets = DEFAULT_TARGETS.get(model.config.model_type)
+        if targets is None:
+            candidates = sorted({n.rsplit(".", 1)[-1] for n, m in model.named_modules()
+                                 if getattr(m, "weight", None) is not None and m.weight.ndim == 2})
+            msg = (f"no default LoRA target modules for model type {model.config.model_type!r}; set target_modules "
+                   f"(weight-matrix modules of this model: {', '.join(candidates)})")
+            raise C2TInputError(msg)
+    missing = [t for t in targets if not any(_matches(n, t) for n in names)]
+    if missing:
+        leaves = sorted({n.rsplit(".", 1)[-1] for n in names})
+        msg = (f"target_modules {', '.join(missing)} match no module of {cfg.base_model} "
+               f"({model.config.model_type}); its module names are: {', '.join(leaves)}")
+        raise C2TInputError(msg)
+    return list(targets)
+
+
+def _build_model(cfg: TrainConfig, tokenizer, new_token_ids: list[int], *, seq2seq: bool):
+    import torch
+    from transformers import AutoModelForCausalLM, AutoModelForSeq2SeqLM
+
+    cls = AutoModelForSeq2SeqLM if seq2seq else AutoModelForCausalLM
+    torch.manual_seed(cfg.seed)
+    model = cls.from_pretrained(cfg.base_model, dtype=_dtype(cfg.dtype))
+    if new_token_ids:
+        model.resize_token_embeddings(len(tokenizer), mean_resizing=False)
+    if model.config.pad_token_id is None:
+        model.config.pad_token_id = tokenizer.pad_token_id
+    if seq2seq and model.config.decoder_start_token_id is None:
+        model.config.decoder_start_token_id = tokenizer.pad_token_id
+    if cfg.method == "full":
+        return model, None
+    from peft import LoraConfig, TaskType, get_peft_model
+    from transformers.pytorch_utils import Conv1D
+
+    targets = _target_modules(model, cfg)
+    conv1d = any(isinstance(m, Conv1D) and any(_matches(n, t) for t in targets) for n, m in model.named_modules())
+    lora = LoraConfig(
+        fan_in_fan_out=conv1d,  # GPT-2 stores its projections as Conv1D (transposed weights)
+        r=cfg.lora_r, lora_alpha=cfg.lora_alpha, lora_dropout=cfg.lora_dropout, target_modules=targets,
+        task_type=TaskType.SEQ_2_SEQ_LM if seq2seq else TaskType.CAUSAL_LM,
+        trainable_token_indices=new_token_ids or None,
+    )
+    model = get_peft_model(model, lora)
+    if new_token_ids:
+        _expose_bias(model)
+        _save_token_rows_only(model)
+    return model, targets
+
+
+def _save_token_rows_only(model) -> None:
+    """New token rows are saved as trainable-token values in the adapter; the base rows never change. So the
+    (resized) embedding matrix stays out of the adapter and checkpoints, which PEFT would otherwise add (with a
+    warning) because the vocabulary grew; :func:`load_model` resizes the base model before loading."""
+    import functools
+
+    model.save_pretrained = functools.partial(type(model).save_pretrained, model, save_embedding_layers=False)
+
+
+def _expose_bias(model) -> None:
+    """PEFT's ``TrainableTokensWrapper`` (new token rows of a tied output layer) exposes ``weight`` but not
+    ``bias``, which TRL's fused loss reads from the output layer: give the wrapper its base layer's bias
+    (``None`` for every supported model) as a plain attribute."""
+    from peft.utils.other import TrainableTokensWrapper
+
+    for module in model.modules():
+        if isinstance(module, TrainableTokensWrapper) and "bias" not in module.__dict__:
+            object.__setattr__(module, "bias", getattr(module.token_adapter.base_layer, "bias", None))
+
+
+# ----------------------------------------------------------------------------------------------- trainers
+def _common_args(cfg: TrainConfig, *, has_eval: bool) -> dict[str, Any]:
+    import torch
+
+    return {
+        "output_dir": str(cfg.output_dir), "learning_rate": cfg.learning_rate, "num_train_epochs": cfg.num_train_epochs,
+        "max_steps": cfg.max_steps, "per_device_train_batch_size": cfg.per_device_train_batch_size,
+        "per_device_eval_batch_size": cfg.per_device_eval_batch_size,
+        "gradient_accumulation_steps": cfg.gradient_accumulation_steps, "warmup_steps": cfg.warmup_steps,
+        "weight_decay": cfg.weight_decay, "lr_scheduler_type": cfg.lr_scheduler_type, "seed": cfg.seed,
+        "data_seed": cfg.seed, "logging_steps": cfg.logging_steps, "save_strategy": "steps", "save_steps": cfg.save_steps,
+        "save_total_limit": cfg.save_total_limit, "report_to": cfg.report_to,
+        "eval_strategy": ("steps" if cfg.eval_steps else "epoch") if has_eval else "no", "eval_steps": cfg.eval_steps,
+        "gradient_checkpointing": cfg.gradient_checkpointing, "bf16": cfg.dtype == "bfloat16",
+        "fp16": cfg.dtype == "float16", "dataloader_num_workers": cfg.dataloader_num_workers,
+        "dataloader_pin_memory": torch.cuda.is_available(), "remove_unused_columns": True,
+        # without an accelerator, say so: accelerate then runs torchrun's CPU processes as one gloo group
+        # (otherwise each process silently trains alone)
+        "use_cpu": not torch.accelerator.is_available(),
+    }
+
+
+def _sft_trainer(cfg, model, tokenizer, train_ds, eval_ds, callbacks):
+    from trl import SFTConfig, SFTTrainer
+
+    args = SFTConfig(**_common_args(cfg, has_eval=eval_ds is not None), max_length=cfg.max_length, packing=cfg.packing,
+                     completion_only_loss=True, dataset_num_proc=None)
+    trainer = SFTTrainer(model=model, args=args, train_dataset=train_ds, eval_dataset=eval_ds,
+                         processing_class=tokenizer, callbacks=callbacks)
+    if not cfg.packing and trainer.train_dataset.num_rows != train_ds.num_rows:  # never drop records silently
+        msg = (f"the trainer kept {trainer.train_dataset.num_rows} of {train_ds.num_rows} training records; "
+               "some were dropped (too long for max_length?)")
+        raise C2TInputError(msg)
+    return trainer
+
+
+def _seq2seq_features(tokenizer, ds):
+    eos = tokenizer.eos_token_id
+
+    def encode(batch):
+        enc = tokenizer(batch["prompt"])
+        labels = tokenizer(batch["completion"])["input_ids"]
+        enc["labels"] = [ids if ids and ids[-1] == eos else [*ids, eos] for ids in labels]
+        return enc
+
+    return ds.map(encode, batched=True, remove_columns=ds.column_names)
+
+
+def _seq2seq_trainer(cfg, model, tokenizer, train_ds, eval_ds, callbacks):
+    from transformers import DataCollatorForSeq2Seq, Seq2SeqTrainer, Seq2SeqTrainingArguments
+
+    args = Seq2SeqTrainingArguments(**_common_args(cfg, has_eval=eval_ds is not None))
+    return Seq2SeqTrainer(
+        model=model, args=args, train_dataset=_seq2seq_features(tokenizer, train_ds),
+        eval_dataset=None if eval_ds is None else _seq2seq_features(tokenizer, eval_ds),
+        data_collator=DataCollatorForSeq2Seq(tokenizer, model=model, label_pad_token_id=-100),
+        processing_class=tokenizer, callbacks=callbacks,
+    )
+
+
+# ----------------------------------------------------------------------------------------------- logs
+def write_loss_logs(out: Path, log_history: Sequence[Mapping[str, Any]], *, plot: bool = True) -> None:
+    """``loss.csv`` (step, epoch, loss, eval_loss, learning_rate) and ``loss.png`` from a trainer's log history."""
+    rows = [{"step": e.get("step"), "epoch": e.get("epoch"), "loss": e.get("loss"), "eval_loss": e.get("eval_loss"),
+             "learning_rate": e.get("learning_rate")}
+            for e in log_history if "loss" in e or "eval_loss" in e]
+    buf = io.StringIO()
+    writer = csv.DictWriter(buf, fieldnames=["step", "epoch", "loss", "eval_loss", "learning_rate"])
+    writer.writeheader()
+    writer.writerows(rows)
+    write_text_atomic(out / LOSS_CSV, buf.getvalue())
+    if not plot:
+        return
+    from matplotlib.figure import Figure
+
+    fig = Figure(figsize=(6, 3.5))
+    ax = fig.subplots()
+    for key, style in (("loss", "-"), ("eval_loss", "o--")):
+        points = [(r["step"], r[key]) for r in rows if r[key] is not None]
+        if points:
+            ax.plot(*zip(*points, strict=True), style, label=key.replace("_", " "))
+    ax.set_xlabel("step")
+    ax.set_ylabel("loss")
+    ax.legend()
+    ax.set_title(out.name)
+    fig.tight_layout()
+    with atomic_path(out / LOSS_PNG) as tmp:
+        fig.savefig(tmp, dpi=100, format="png")
+
+
+def _log_callback(out: Path):
+    from transformers import TrainerCallback
+
+    class LossLog(TrainerCallback):
+        """Rewrite loss.csv at every log so that an interrupted run keeps its curve."""
+
+        def on_log(self, args, state, control, logs=None, **kwargs):
+            if state.is_world_process_zero:
+                write_loss_logs(out, state.log_history, plot=False)
+
+    return LossLog()
+
+
+# ----------------------------------------------------------------------------------------------- manifest
+def _run_manifest(cfg, ds_manifest, *, seq2seq, targets, trainer, model, gene_report, lengths, model_type):
+    trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
+    total = sum(p.numel() for p in model.parameters())
+    history = trainer.state.log_history
+    losses = [e["loss"] for e in history if "loss" in e]
+    evals = [e["eval_loss"] for e in history if "eval_loss" in e]
+    sentences = ds_manifest.get("sentences") or {}
+    return {
+        "kind": KIND,
+        "base_model": str(Path(cfg.base_model).resolve()),
+        "model_type": model_type,
+        "architecture": "seq2seq" if seq2seq else "decoder",
+        "trainer": "transformers.Seq2SeqTrainer" if seq2seq else "trl.SFTTrainer",
+        "method": cfg.method,
+        "artifact": "adapter" if cfg.method == "lora" else "model",
+        "target_modules": targets,
+        "format": cfg.format,
+        "dataset": {
+            "path": str(Path(cfg.dataset).resolve()),
+            "name": ds_manifest.get("name"),
+            "manifest_sha256": file_hash(Path(cfg.dataset) / MANIFEST_NAME),
+            "vocabulary_hash": ds_manifest.get("vocabulary_hash"),
+            "n_genes": ds_manifest.get("n_genes"),
+            "top_k": ds_manifest.get("top_k"),
+            "template_ids": template_ids(ds_manifest),
+            "templates": {name: entry.get("sha256") for name, entry in (ds_manifest.get("templates") or {}).items()},
+            "tasks": [t.get("task") for t in ds_manifest.get("tasks", [])],
+            "separator": ds_manifest.get("separator"),
+            "organism": ds_manifest.get("organism"),
+            "splits": ds_manifest.get("splits"),
+            "sentences": sentences,
+        },
+        "inverse_model": ds_manifest.get("inverse_model") or sentences.get("inverse_model"),
+        "gene_tokens": gene_report,
+        "lengths": lengths,
+        "parameters": {"trainable": trainable, "total": total},
+        "training": {
+            "global_step": trainer.state.global_step,
+            "epoch": trainer.state.epoch,
+            "first_loss": losses[0] if losses else None,
+            "last_loss": losses[-1] if losses else None,
+            "eval_loss": evals[-1] if evals else None,
+        },
+        "config": cfg.to_dict(),
+        "files": {"config": CONFIG_FILE, "loss_csv": LOSS_CSV, "loss_png": LOSS_PNG},
+    }
+
+
+# ----------------------------------------------------------------------------------------------- public
+def train(config: TrainConfig | Mapping[str, Any] | str | os.PathLike, *, callbacks: Sequence[Any] = ()) -> Path:
+    """Fine-tune a base model on a c2t instruction dataset (LoRA or full) and write the run folder.
+
+    Parameters
+    ----------
+    config
+        A :class:`TrainConfig`, a mapping of its fields, or a YAML file.
+    callbacks
+        Extra ``transformers.TrainerCallback`` objects.
+
+    Returns
+    -------
+    pathlib.Path
+        ``output_dir``, holding the adapter (``adapter_model.safetensors``; ``method: full``: the model), the
+        tokenizer, ``train_config.yaml``, ``manifest.json`` (base model, dataset manifest hash, vocabulary
+        hash, template ids, inverse model, gene tokens, losses), ``loss.csv``, ``loss.png`` and checkpoints.
+        A rerun of an unfinished run resumes from its last checkpoint; a rerun of a finished run does nothing.
+    """
+    _require_train_extra()
+    if isinstance(config, TrainConfig):
+        cfg = config
+        cfg.validate()
+    elif isinstance(config, Mapping):
+        cfg = TrainConfig.from_mapping(config)
+    else:
+        cfg = TrainConfig.from_yaml(config)
+    out = Path(cfg.output_dir)
+    state = _prepare_output(cfg)
+    if state == "finished":
+        return out
+    _check_base(cfg.base_model)
+    dsd, ds_manifest = open_dataset(cfg)
+
+    from transformers import AutoConfig, AutoTokenizer
+
+    model_config = AutoConfig.from_pretrained(cfg.base_model)
+    seq2seq = bool(getattr(model_config, "is_encoder_decoder", False)) if cfg.architecture == "auto" \
+        else cfg.architecture == "seq2seq"
+    if seq2seq and cfg.packing:
+        msg = "packing is for decoder models; set packing: false for an encoder-decoder model"
+        raise C2TInputError(msg)
+    tokenizer = AutoTokenizer.from_pretrained(cfg.base_model)
+    if tokenizer.pad_token is None:
+        tokenizer.pad_token = tokenizer.eos_token
+    if cfg.format == "messages" and not seq2seq and not tokenizer.chat_template:
+        msg = f"format: messages needs a chat template, and the tokenizer of {cfg.base_model} has none; use prompt_completion"
+        raise C2TInputError(msg)
+    train_ds = shape_records(dsd[cfg.train_split], cfg, seq2seq=seq2seq, limit=cfg.max_train_examples)
+    eval_ds = None if cfg.eval_split is None else \
+        shape_records(dsd[cfg.eval_split], cfg, seq2seq=seq2seq, limit=cfg.max_eval_examples)
+    if eval_ds is not None and eval_ds.num_rows == 0:
+        eval_ds = None
+
+    gene_report = None
+    new_ids: list[int] = []
+    if cfg.gene_tokens:
+        vocabulary = read_vocabulary(cfg.dataset, ds_manifest)
+        sentences = gene_sentences(train_ds, vocabulary)
+        genes = sorted({g for s in sentences for g in s} | (
+            {g for s in gene_sentences(eval_ds, vocabulary) for g in s} if eval_ds is not None else set()))
+        before = tokens_per_sentence(tokenizer, sentences)
+        added = add_gene_tokens(tokenizer, genes, dataset_labels(ds_manifest) if cfg.label_tokens else ())
+        new_ids = tokenizer.convert_tokens_to_ids(added)
+        gene_report = {"added": len(added), "genes": len(genes), "labels": cfg.label_tokens,
+                       "tokens_per_sentence": {"without": before, "with": tokens_per_sentence(tokenizer, sentences)}}
+    lengths = {"train": check_lengths(tokenizer, train_ds, cfg, seq2seq=seq2seq, split=cfg.train_split)}
+    if eval_ds is not None:
+        lengths["eval"] = check_lengths(tokenizer, eval_ds, cfg, seq2seq=seq2seq, split=cfg.eval_split)
+
+    model, targets = _build_model(cfg, tokenizer, new_ids, seq2seq=seq2seq)
+    out.mkdir(parents=True, exist_ok=True)
+    write_text_atomic(out / CONFIG_FILE, _yaml(cfg.to_dict()))
+    if added_tokens := (gene_report and new_ids):
+        write_text_atomic(out / GENE_TOKENS_FILE, "".join(f"{t}\n" for t in tokenizer.convert_ids_to_tokens(added_tokens)))
+    make = _seq2seq_trainer if seq2seq else _sft_trainer
+    trainer = make(cfg, model, tokenizer, train_ds, eval_ds, [_log_callback(out), *callbacks])
+    resume = _last_checkpoint(out) if state == "resume" else None
+    trainer.train(resume_from_checkpoint=resume)
+    trainer.save_model(str(out))  # main process only (the trainer checks)
+    if trainer.is_world_process_zero():
+        tokenizer.save_pretrained(str(out))
+        write_loss_logs(out, trainer.state.log_history)
+        manifest = _run_manifest(cfg, ds_manifest, seq2seq=seq2seq, targets=targets, trainer=trainer, model=model,
+                                 gene_report=gene_report, lengths=lengths, model_type=model_config.model_type)
+        write_manifest(out, manifest)
+    trainer.accelerator.wait_for_everyone()
+    return out
+
+
+def _yaml(data: Mapping[str, Any]) -> str:
+    import yaml
+
+    return yaml.safe_dump(dict(data), sort_keys=False, allow_unicode=True)
+
+
+def read_run(path: str | os.PathLike) -> dict[str, Any]:
+    """The manifest of a finished run (``train_run``) or merged model (``merged_model``) folder."""
+    folder = Path(path)
+    file = folder / MANIFEST_NAME
+    if not file.is_file():
+        msg = f"{folder}: no {MANIFEST_NAME}; not a finished c2t training run (rerun `c2t train` to resume it)"
+        raise C2TInputError(msg)
+    manifest = json.loads(file.read_text(encoding="utf-8"))
+    if manifest.get("kind") not in (KIND, "merged_model"):
+        msg = f"{folder}: holds a {manifest.get('kind')!r} artifact, expected a training run or merged model"
+        raise C2TInputError(msg)
+    return manifest
+
+
+def load_model(path: str | os.PathLike, *, dtype: str = "float32"):
+    """Load a run's model for generation: the base model with its adapter (or the full/merged model).
+
+    Returns
+    -------
+    tuple
+        ``(model, tokenizer)``; the model is in eval mode.
+    """
+    from transformers import AutoModelForCausalLM, AutoModelForSeq2SeqLM, AutoTokenizer
+
+    manifest = read_run(path)
+    cls = AutoModelForSeq2SeqLM if manifest["architecture"] == "seq2seq" else AutoModelForCausalLM
+    tokenizer = AutoTokenizer.from_pretrained(str(path))
+    if manifest["artifact"] == "adapter":
+        from peft import PeftModel
+
+        base = cls.from_pretrained(_check_base(manifest["base_model"]), dtype=_dtype(dtype))
+        if base.get_input_embeddings().weight.shape[0] != len(tokenizer):
+            base.resize_token_embeddings(len(tokenizer), mean_resizing=False)
+        model = PeftModel.from_pretrained(base, str(path))
+    else:
+        model = cls.from_pretrained(str(path), dtype=_dtype(dtype))
+    model.eval()
+    return model, tokenizer
+
+
+def merge(path: str | os.PathLike, out: str | os.PathLike) -> Path:
+    """Merge a run's LoRA adapter into its base model and save a full model folder (with tokenizer and manifest)."""
+    from c2t._atomic import replace_dir
+
+    manifest = read_run(path)
+    if manifest["artifact"] != "adapter":
+        msg = f"{path}: holds a full model already (method: {manifest['method']}); nothing to merge"
+        raise C2TInputError(msg)
+    model, tokenizer = load_model(path)
+    merged = model.merge_and_unload()
+    out = Path(out)
+    staging = out.with_name(f".{out.name}.partial")
+    shutil.rmtree(staging, ignore_errors=True)
+    staging.mkdir(parents=True)
+    try:
+        merged.save_pretrained(str(staging))
+        tokenizer.save_pretrained(str(staging))
+        write_manifest(staging, {**{k: v for k, v in manifest.items() if k != "c2t_version"}, "kind": "merged_model",
+                                 "artifact": "model", "merged_from": str(Path(path).resolve())})
+        replace_dir(staging, out)
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise
+    return out
