@@ -83,12 +83,36 @@ def scan_rows(indptr, indices, data, col_map):
     return n_positive, bad.sum(), non_integer.sum()
 
 
+@nb.njit(inline="always")
+def _sift_down32(heap, i, size):
+    while True:
+        left = 2 * i + 1
+        if left >= size:
+            return
+        child = left
+        if left + 1 < size and heap[left + 1] < heap[left]:
+            child = left + 1
+        if heap[child] < heap[i]:
+            tmp = heap[child]
+            heap[child] = heap[i]
+            heap[i] = tmp
+            i = child
+        else:
+            return
+
+
 @nb.njit(parallel=True, cache=True, nogil=True)
 def rank_rows(indptr, indices, value_bits, col_map, row0, seed, mbits, lengths, offsets, out_ids, out_values):
     """Write each row's top ``lengths[i]`` genes (value descending, seeded tie-break) at ``offsets[i]``.
 
     ``value_bits`` is the float32 data viewed as uint32 (see :func:`float_bits`); values were validated
     (no NaN, no negatives) before, so positive values are exactly the non-zero bit patterns.
+
+    Count data has few distinct values per cell (hundreds of genes share the value of one count), so the
+    work is split in two passes. The first finds the k-th largest value with a heap of value bits alone:
+    a value equal to the current k-th cannot change it, so ties cost one comparison. The second builds keys
+    for the genes above that value (all kept) and, among the genes tied at it, keeps those with the largest
+    seeded permutation; the kept keys are then sorted.
     """
     n = len(indptr) - 1
     mask = np.uint64((1 << mbits) - 1)
@@ -97,50 +121,85 @@ def rank_rows(indptr, indices, value_bits, col_map, row0, seed, mbits, lengths, 
         k = lengths[i]
         if k == 0:
             continue
-        mult, add, inv = _cell_constants(seed, row0 + i)
-        heap = np.empty(k, np.uint64)  # min-heap of the k largest keys seen so far
+        start, stop = indptr[i], indptr[i + 1]
+        # pass 1: the k-th largest value (as bits) among the kept positive entries
+        heap = np.empty(k, np.uint32)
         size = 0
-        floor = np.uint64(0)  # value bits of the smallest key kept once the heap is full
-        for j in range(indptr[i], indptr[i + 1]):
-            bits = np.uint64(value_bits[j])
-            if bits == 0 or bits >= np.uint64(0x80000000):
-                continue  # zero (or negative zero)
-            if size == k and bits < floor:
-                continue  # most entries end here: below the k-th value, no key is needed
+        for j in range(start, stop):
+            bits = value_bits[j]
+            if bits == 0 or bits >= np.uint32(0x80000000):
+                continue
+            if size == k and bits <= heap[0]:
+                continue  # cannot change the k-th largest value: most entries end here
+            if col_map[indices[j]] < 0:
+                continue
+            if size < k:
+                heap[size] = bits
+                c = size
+                size += 1
+                while c > 0:
+                    p = (c - 1) // 2
+                    if heap[c] < heap[p]:
+                        tmp = heap[c]
+                        heap[c] = heap[p]
+                        heap[p] = tmp
+                        c = p
+                    else:
+                        break
+            else:
+                heap[0] = bits
+                _sift_down32(heap, 0, size)
+        threshold = heap[0]
+        n_above = 0
+        for t in range(size):
+            if heap[t] > threshold:
+                n_above += 1
+        n_tied = k - n_above  # how many of the genes at the threshold value are kept
+        # pass 2: keys of the kept genes
+        mult, add, inv = _cell_constants(seed, row0 + i)
+        keys = np.empty(k, np.uint64)
+        tied = np.empty(n_tied, np.uint64)  # min-heap of the best tied keys
+        n_keys = 0
+        n_tied_kept = 0
+        for j in range(start, stop):
+            bits = value_bits[j]
+            if bits < threshold or bits >= np.uint32(0x80000000):
+                continue
             gene = col_map[indices[j]]
-            if gene >= 0:
-                x = (np.uint64(gene) * mult + add) & mask
-                x = x ^ (x >> shift)
-                key = (bits << np.uint64(32)) | x
-                if size < k:
-                    heap[size] = key
-                    c = size
-                    size += 1
-                    while c > 0:
-                        p = (c - 1) // 2
-                        if heap[c] < heap[p]:
-                            tmp = heap[c]
-                            heap[c] = heap[p]
-                            heap[p] = tmp
-                            c = p
-                        else:
-                            break
-                elif key > heap[0]:
-                    heap[0] = key
-                    _sift_down(heap, 0, size)
-                if size == k:
-                    floor = heap[0] >> np.uint64(32)
-        base = offsets[i]
-        m = size
-        while m > 0:  # pop the minimum into the last free slot: descending order
-            top = heap[0]
-            m -= 1
-            heap[0] = heap[m]
-            _sift_down(heap, 0, m)
-            x = top & mask
+            if gene < 0:
+                continue
+            x = (np.uint64(gene) * mult + add) & mask
             x = x ^ (x >> shift)
-            out_ids[base + m] = np.int32(((x - add) * inv) & mask)
-            out_values[base + m] = np.uint32(top >> np.uint64(32))
+            key = (np.uint64(bits) << np.uint64(32)) | x
+            if bits > threshold:
+                keys[n_keys] = key
+                n_keys += 1
+            elif n_tied_kept < n_tied:
+                tied[n_tied_kept] = key
+                c = n_tied_kept
+                n_tied_kept += 1
+                while c > 0:
+                    p = (c - 1) // 2
+                    if tied[c] < tied[p]:
+                        tmp = tied[c]
+                        tied[c] = tied[p]
+                        tied[p] = tmp
+                        c = p
+                    else:
+                        break
+            elif key > tied[0]:
+                tied[0] = key
+                _sift_down(tied, 0, n_tied_kept)
+        for t in range(n_tied_kept):
+            keys[n_keys + t] = tied[t]
+        keys = np.sort(keys)
+        base = offsets[i]
+        for t in range(k):  # ascending keys: write from the end for descending order
+            key = keys[t]
+            x = key & mask
+            x = x ^ (x >> shift)
+            out_ids[base + k - 1 - t] = np.int32(((x - add) * inv) & mask)
+            out_values[base + k - 1 - t] = np.uint32(key >> np.uint64(32))
 
 
 @nb.njit(parallel=True, cache=True, nogil=True)
