@@ -535,3 +535,18 @@ def test_convert_refuses_bad_parameters(synth_h5ad, tmp_path, kwargs, match):
     with pytest.raises(C2TInputError, match=match):
         convert(synth_h5ad, tmp_path / "out", **kwargs)
     assert list(tmp_path.iterdir()) == []
+
+
+def test_inverse_sample_is_the_same_for_any_seed_and_chunking():
+    """The seeded coin flips that pick the inverse model's cells wrap modulo 2**64 without a warning."""
+    import warnings
+
+    from c2t.sentences._build import _sampled
+
+    rows = np.arange(10_000)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        for seed in (0, 2, 2**62 + 1):
+            picked = _sampled(rows, seed, 0.3)
+            assert 0.27 < picked.mean() < 0.33
+            np.testing.assert_array_equal(picked[5000:], _sampled(rows[5000:], seed, 0.3))

@@ -53,10 +53,11 @@ def _sampled(rows: np.ndarray, seed: int, fraction: float) -> np.ndarray:
     """Deterministic per-cell coin flips: the same cells are sampled whatever the chunking."""
     if fraction >= 1:
         return np.ones(len(rows), dtype=bool)
-    z = (rows.astype(np.uint64) + np.uint64(seed) * np.uint64(0x9E3779B97F4A7C15) + np.uint64(0x632BE59BD9B4E019))
-    z = (z ^ (z >> np.uint64(30))) * np.uint64(0xBF58476D1CE4E5B9)
-    z = (z ^ (z >> np.uint64(27))) * np.uint64(0x94D049BB133111EB)
-    z = z ^ (z >> np.uint64(31))
+    with np.errstate(over="ignore"):  # splitmix64: arithmetic modulo 2**64 is the point
+        z = rows.astype(np.uint64) + np.uint64(seed) * np.uint64(0x9E3779B97F4A7C15) + np.uint64(0x632BE59BD9B4E019)
+        z = (z ^ (z >> np.uint64(30))) * np.uint64(0xBF58476D1CE4E5B9)
+        z = (z ^ (z >> np.uint64(27))) * np.uint64(0x94D049BB133111EB)
+        z = z ^ (z >> np.uint64(31))
     return (z >> np.uint64(11)).astype(np.float64) / 2.0**53 < fraction
 
 
