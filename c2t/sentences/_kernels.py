@@ -83,24 +83,6 @@ def scan_rows(indptr, indices, data, col_map):
     return n_positive, bad.sum(), non_integer.sum()
 
 
-@nb.njit(inline="always")
-def _sift_down32(heap, i, size):
-    while True:
-        left = 2 * i + 1
-        if left >= size:
-            return
-        child = left
-        if left + 1 < size and heap[left + 1] < heap[left]:
-            child = left + 1
-        if heap[child] < heap[i]:
-            tmp = heap[child]
-            heap[child] = heap[i]
-            heap[i] = tmp
-            i = child
-        else:
-            return
-
-
 @nb.njit(parallel=True, cache=True, nogil=True)
 def rank_rows(indptr, indices, value_bits, col_map, row0, seed, mbits, lengths, offsets, out_ids, out_values):
     """Write each row's top ``lengths[i]`` genes (value descending, seeded tie-break) at ``offsets[i]``.
@@ -148,7 +130,7 @@ def rank_rows(indptr, indices, value_bits, col_map, row0, seed, mbits, lengths, 
                         break
             else:
                 heap[0] = bits
-                _sift_down32(heap, 0, size)
+                _sift_down(heap, 0, size)
         threshold = heap[0]
         n_above = 0
         for t in range(size):
