@@ -109,6 +109,12 @@ class ForeignCpu:
         self.share = round(max(0.0, (busy - mine) / (now * (os.cpu_count() or 1))), 3) if now > 0 else 0.0
 
 
+def fresh(cmd: list[str]) -> list[str]:
+    """Run ``cmd`` as a grandchild forked by /bin/sh. On Linux a process started directly inherits this
+    (large) process's peak RSS as its own ``ru_maxrss``; forked from a small shell it starts from ~0."""
+    return ["/bin/sh", "-c", '"$@"; exit $?', "sh", *cmd]
+
+
 def max_rss_self() -> int:
     """Peak RSS of this process so far, bytes (Linux reports kB)."""
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
@@ -494,7 +500,7 @@ def memory_child(part: str, matrix_dir: Path, k: int, decode_cells: int) -> None
 def measure_memory(part: str, matrix_dir: Path, k: int, decode_cells: int) -> dict:
     cmd = [sys.executable, __file__, "--_memory-part", part, "--_matrix", str(matrix_dir), "--top-k", str(k),
            "--decode-cells", str(decode_cells)]
-    r = subprocess.run(cmd, capture_output=True, text=True, check=False)
+    r = subprocess.run(fresh(cmd), capture_output=True, text=True, check=False)
     line = next((x for x in r.stdout.splitlines() if x.startswith("RESULT ")), None)
     if r.returncode or line is None:
         return {"error": (r.stderr or r.stdout)[-2000:]}
@@ -641,7 +647,7 @@ def run_stream(n_cells: int, args) -> dict:
            "--stream-chunk-size", str(args.stream_chunk_size), "--stream-workers", str(args.stream_workers)]
     t = time.perf_counter()
     with ForeignCpu() as foreign:
-        proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        proc = subprocess.Popen(fresh(cmd), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
         with PeakRss(proc.pid, tree=True, interval=0.05) as sampler:
             stdout, stderr = proc.communicate()
     wall = time.perf_counter() - t
@@ -669,7 +675,7 @@ def run_bench_c2s(python: str, mode: str, args, env: dict) -> dict:
     cmd = [python, str(C2S_BENCH), mode, "--n-cells", str(args.n_cells), "--n-genes", str(args.n_genes), "--nnz", str(args.nnz)]
     t = time.perf_counter()
     with ForeignCpu() as foreign:
-        r = subprocess.run(cmd, capture_output=True, text=True, env=env, check=False)
+        r = subprocess.run(fresh(cmd), capture_output=True, text=True, env=env, check=False)
     line = next((x for x in r.stdout.splitlines() if x.startswith("RESULT ")), None)
     if r.returncode or line is None:
         return {"mode": mode, "error": (r.stderr or r.stdout)[-3000:]}
@@ -685,7 +691,7 @@ def c2s_import_mb(python: str) -> float | None:
     probe = ("import resource, anndata, numpy, scipy.sparse, psutil; p = psutil.Process(); a = p.memory_info().rss; "
              "from cell2sentence.csdata import CSData; from cell2sentence.prompt_formatter import C2SPromptFormatter; "
              "from cell2sentence import utils; print('RESULT', (p.memory_info().rss - a) / 2**20)")
-    r = subprocess.run([python, "-c", probe], capture_output=True, text=True, check=False)
+    r = subprocess.run(fresh([python, "-c", probe]), capture_output=True, text=True, check=False)
     line = next((x for x in r.stdout.splitlines() if x.startswith("RESULT ")), None)
     return round(float(line.split()[1]), 1) if line else None
 
