@@ -19,6 +19,11 @@ What it measures (all c2t and baseline timings come from this one process, inter
 * cell2sentence (``--c2s-python PYTHON``): runs /work/shared/bench/bench_c2s.py (modes make, c2s,
   baseline) with that interpreter and compares cells/s.
 
+Every timing also records the share of the CPUs that *other* processes used meanwhile ("other CPU"):
+numbers are clean only when it is near 0% (check ``uptime`` first on a shared machine). Subprocesses are
+forked from /bin/sh so that their ``ru_maxrss`` is their own (on Linux a directly started child inherits
+its parent's peak RSS).
+
 Usage (from the repository root, with the c2t virtualenv active)::
 
     python scripts/bench_sentences.py                                  # 20,000 x 20,000, ~2,000 nnz/cell
@@ -303,17 +308,22 @@ def _one_thread(fn):
         numba.set_num_threads(before)
 
 
+def _c2t_texts(ctx: Context, top_k: int | None):
+    cs = _c2t(ctx, top_k)
+    return cs, cs.texts()
+
+
 # name -> (label, function of the context, name of the baseline it is compared with)
 PARTS = {
-    "c2t_ids": ("c2t from_adata top-100 (ids)", lambda c: _c2t(c, c.k), "baseline_ids"),
-    "c2t_ids_1thread": ("c2t from_adata top-100 (ids, 1 numba thread)", lambda c: _one_thread(lambda: _c2t(c, c.k)), "baseline_ids"),
-    "c2t_ids_small_inverse": ("c2t from_adata top-100 (ids, inverse_sample=1000)", lambda c: _c2t(c, c.k, inverse_sample=1000), "baseline_ids"),
-    "baseline_ids": ("baseline loop argpartition top-100 (ids)", lambda c: baseline_ids(c.X, c.k), None),
-    "c2t_text": ("c2t from_adata top-100 + .texts()", lambda c: (lambda cs: (cs, cs.texts()))(_c2t(c, c.k)), "baseline_text"),
-    "baseline_text": ("baseline loop argpartition top-100 (text)", lambda c: baseline_texts(c.X, c.names, c.k), None),
+    "c2t_ids": ("c2t from_adata top-k (ids)", lambda c: _c2t(c, c.k), "baseline_ids"),
+    "c2t_ids_1thread": ("c2t from_adata top-k (ids, 1 numba thread)", lambda c: _one_thread(lambda: _c2t(c, c.k)), "baseline_ids"),
+    "c2t_ids_small_inverse": ("c2t from_adata top-k (ids, inverse_sample=1000)", lambda c: _c2t(c, c.k, inverse_sample=1000), "baseline_ids"),
+    "baseline_ids": ("baseline loop argpartition top-k (ids)", lambda c: baseline_ids(c.X, c.k), None),
+    "c2t_text": ("c2t from_adata top-k + .texts()", lambda c: _c2t_texts(c, c.k), "baseline_text"),
+    "baseline_text": ("baseline loop argpartition top-k (text)", lambda c: baseline_texts(c.X, c.names, c.k), None),
     "c2t_full": ("c2t from_adata top_k=None (ids)", lambda c: _c2t(c, None), "baseline_full_ids"),
     "baseline_full_ids": ("baseline loop full sort (ids)", lambda c: baseline_full_ids(c.X), None),
-    "c2t_full_text": ("c2t from_adata top_k=None + .texts()", lambda c: (lambda cs: (cs, cs.texts()))(_c2t(c, None)), "baseline_full_text"),
+    "c2t_full_text": ("c2t from_adata top_k=None + .texts()", lambda c: _c2t_texts(c, None), "baseline_full_text"),
     "baseline_full_text": ("baseline loop full sort (text)", lambda c: baseline_full_texts(c.X, c.names), None),
 }
 
@@ -766,6 +776,7 @@ def table(rows: list[list], header: list[str]) -> str:
 def print_report(report: dict) -> None:
     d = report["data"]
     print(f"\nData: {d['n_cells']:,} cells x {d['n_genes']:,} genes, {d['nnz_per_cell']:.0f} non-zeros/cell, "
+          f"top-k = {report['args']['top_k']}, "
           f"loaded matrix {d['matrix_mb']:.0f} MB; numba threads {report['machine']['numba_threads']}, "
           f"load average at start {report['machine']['loadavg_start'][0]:.2f}; other processes used "
           f"{report['foreign_cpu_during_timing']:.0%} of the CPUs during the timed parts")
