@@ -470,17 +470,43 @@ def load_model(path: str | os.PathLike, *, dtype: str = "float32"):
     return model, tokenizer
 
 
+def _check_merge_output(run: Path, out: Path) -> None:
+    """Merging replaces ``out`` at the end: refuse the run itself, a file, or a folder holding anything but a
+    merged model (never delete someone's files)."""
+    if out.resolve() == run.resolve() or run.resolve() in out.resolve().parents:
+        msg = f"{out}: the merged model cannot go into the run folder {run}; choose another output folder"
+        raise C2TInputError(msg)
+    if out.exists() and not out.is_dir():
+        msg = f"{out}: output is a file; choose a new or empty folder"
+        raise C2TInputError(msg)
+    if out.is_dir() and any(out.iterdir()):
+        kind = None
+        if (out / MANIFEST_NAME).is_file():
+            try:
+                kind = json.loads((out / MANIFEST_NAME).read_text(encoding="utf-8")).get("kind")
+            except (json.JSONDecodeError, AttributeError):
+                kind = None
+        if kind != "merged_model":
+            msg = (f"{out}: output folder holds other files (not a merged c2t model); choose a new or empty folder "
+                   "(an older merged model is replaced)")
+            raise C2TInputError(msg)
+
+
 def merge(path: str | os.PathLike, out: str | os.PathLike) -> Path:
     """Merge a run's LoRA adapter into its base model and save a full model folder (with tokenizer and manifest)."""
     from c2t._atomic import replace_dir
 
+    if not Path(path).is_dir():
+        msg = f"{path}: no such training run folder"
+        raise C2TInputError(msg)
     manifest = read_run(path)
     if manifest["artifact"] != "adapter":
         msg = f"{path}: holds a full model already (method: {manifest['method']}); nothing to merge"
         raise C2TInputError(msg)
+    out = Path(out)
+    _check_merge_output(Path(path), out)
     model, tokenizer = load_model(path)
     merged = model.merge_and_unload()
-    out = Path(out)
     staging = out.with_name(f".{out.name}.partial")
     shutil.rmtree(staging, ignore_errors=True)
     staging.mkdir(parents=True)
