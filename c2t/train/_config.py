@@ -65,6 +65,9 @@ class TrainConfig:
     lora_dropout: float = field(default=0.05, metadata={"help": "LoRA dropout."})
     target_modules: list[str] | None = field(default=None, metadata={"help": "Module names LoRA adapts (null: gpt2 c_attn; LLaMA family q_proj, "
                                           "v_proj; T5 q, v)."})
+    quantization: str = field(default="none", metadata={"help": "QLoRA: load the frozen base quantised with bitsandbytes, 4bit (NF4, double "
+                              "quantisation, compute in dtype or bfloat16) or 8bit, and prepare it for k-bit training; needs "
+                              "method: lora, a CUDA GPU and `pip install bitsandbytes`. none: full precision."})
     dtype: str = field(default="float32", metadata={"help": "Weights dtype: float32, bfloat16 or float16."})
     gradient_checkpointing: bool = field(default=False, metadata={"help": "Recompute activations in the backward pass (less memory)."})
     # optimisation
@@ -141,7 +144,8 @@ class TrainConfig:
                 msg = f"the training config needs {key}"
                 raise C2TInputError(msg)
         choices = {"format": ("prompt_completion", "messages"), "architecture": ("auto", "decoder", "seq2seq"),
-                   "method": ("lora", "full"), "dtype": ("float32", "bfloat16", "float16")}
+                   "method": ("lora", "full"), "dtype": ("float32", "bfloat16", "float16"),
+                   "quantization": ("none", "4bit", "8bit")}
         for key, allowed in choices.items():
             if getattr(self, key) not in allowed:
                 msg = f"{key} must be one of {', '.join(allowed)}, not {getattr(self, key)!r}"
@@ -150,6 +154,10 @@ class TrainConfig:
             if getattr(self, key) <= 0:
                 msg = f"{key} must be positive, not {getattr(self, key)!r}"
                 raise C2TInputError(msg)
+        if self.quantization != "none" and self.method != "lora":
+            msg = (f"quantization: {self.quantization} (QLoRA) trains LoRA adapters over a frozen quantised base; "
+                   "set method: lora, or quantization: none for full fine-tuning")
+            raise C2TInputError(msg)
         if self.label_tokens and not self.gene_tokens:
             msg = "label_tokens needs gene_tokens: true"
             raise C2TInputError(msg)

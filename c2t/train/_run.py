@@ -9,6 +9,7 @@ resuming; only the trainer differs.
 from __future__ import annotations
 
 import csv
+import dataclasses
 import io
 import json
 import os
@@ -72,7 +73,10 @@ def _prepare_output(cfg: TrainConfig) -> str:
             raise C2TInputError(msg)
         saved = yaml.safe_load(saved_path.read_text(encoding="utf-8")) or {}
         mine = cfg.identity()
-        diff = [f"{k}: {saved.get(k)!r} there, {v!r} here" for k, v in mine.items() if saved.get(k) != v]
+        # a field added to the config after the run was written has its default there
+        defaults = {f.name: f.default for f in dataclasses.fields(TrainConfig) if f.default is not dataclasses.MISSING}
+        diff = [f"{k}: {saved.get(k, defaults.get(k))!r} there, {v!r} here" for k, v in mine.items()
+                if saved.get(k, defaults.get(k)) != v]
         if diff:
             msg = f"{out}: output_dir holds another run (its {CONFIG_FILE} differs: {'; '.join(diff)}); choose another output_dir"
             raise C2TInputError(msg)
@@ -129,13 +133,48 @@ def _target_modules(model, cfg: TrainConfig) -> list[str]:
     return list(targets)
 
 
+def check_quantization(cfg: TrainConfig) -> None:
+    """Refuse ``quantization`` (QLoRA) where it cannot run: without bitsandbytes or without a CUDA GPU."""
+    if cfg.quantization == "none":
+        return
+    import importlib.util
+
+    what = f"quantization: {cfg.quantization} (QLoRA)"
+    if importlib.util.find_spec("bitsandbytes") is None:
+        msg = (f"{what} needs bitsandbytes, which is not installed: pip install bitsandbytes (it quantises on a "
+               "CUDA GPU); or set quantization: none")
+        raise C2TInputError(msg)
+    import torch
+
+    if not torch.cuda.is_available():
+        msg = (f"{what} needs a CUDA GPU: bitsandbytes quantises weights on the GPU, and this machine has none "
+               "visible (torch.cuda.is_available() is False); set quantization: none to train on the CPU")
+        raise C2TInputError(msg)
+
+
+def _quantization_kwargs(cfg: TrainConfig) -> dict[str, Any]:
+    """``from_pretrained`` arguments of a QLoRA base: a BitsAndBytesConfig and this process's GPU."""
+    import torch
+    from transformers import BitsAndBytesConfig
+
+    if cfg.quantization == "4bit":
+        compute = _dtype(cfg.dtype) if cfg.dtype != "float32" else torch.bfloat16
+        bnb = BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_use_double_quant=True,
+                                 bnb_4bit_compute_dtype=compute)
+    else:
+        bnb = BitsAndBytesConfig(load_in_8bit=True)
+    # each DDP process holds its own copy on its own GPU
+    return {"quantization_config": bnb, "device_map": {"": int(os.environ.get("LOCAL_RANK", "0"))}}
+
+
 def _build_model(cfg: TrainConfig, tokenizer, new_token_ids: list[int], *, seq2seq: bool):
     import torch
     from transformers import AutoModelForCausalLM, AutoModelForSeq2SeqLM
 
     cls = AutoModelForSeq2SeqLM if seq2seq else AutoModelForCausalLM
     torch.manual_seed(cfg.seed)
-    model = cls.from_pretrained(cfg.base_model, dtype=_dtype(cfg.dtype))
+    quantized = cfg.quantization != "none"
+    model = cls.from_pretrained(cfg.base_model, dtype=_dtype(cfg.dtype), **(_quantization_kwargs(cfg) if quantized else {}))
     if new_token_ids:
         model.resize_token_embeddings(len(tokenizer), mean_resizing=False)
     if model.config.pad_token_id is None:
@@ -146,6 +185,11 @@ def _build_model(cfg: TrainConfig, tokenizer, new_token_ids: list[int], *, seq2s
         return model, None
     from peft import LoraConfig, TaskType, get_peft_model
     from transformers.pytorch_utils import Conv1D
+
+    if quantized:  # QLoRA: norms in float32, input gradients on (the frozen base is int8/NF4)
+        from peft import prepare_model_for_kbit_training
+
+        model = prepare_model_for_kbit_training(model, use_gradient_checkpointing=cfg.gradient_checkpointing)
 
     targets = _target_modules(model, cfg)
     conv1d = any(isinstance(m, Conv1D) and any(_matches(n, t) for t in targets) for n, m in model.named_modules())
@@ -361,6 +405,7 @@ def train(config: TrainConfig | Mapping[str, Any] | str | os.PathLike, *, callba
         cfg = TrainConfig.from_mapping(config)
     else:
         cfg = TrainConfig.from_yaml(config)
+    check_quantization(cfg)  # before anything is read or written
     out = Path(cfg.output_dir)
     state = _prepare_output(cfg)
     if state == "finished":
