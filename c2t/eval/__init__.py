@@ -1,5 +1,32 @@
-"""Metrics (pure functions over arrays, scikit-learn underneath) shared by scripts, tests and the benchmark."""
+"""Metrics (pure functions over arrays, scikit-learn underneath) and the benchmark runner.
 
+``run_benchmark(config, out)`` runs datasets x methods x tasks x seeds from a YAML config (checked before any
+work starts), caches each (dataset, method, seed) so an interrupted run continues, and writes ``results.csv``,
+``summary.csv``/``summary.md`` and a self-contained ``report.html``. Methods are the plain dict
+:data:`METHODS` (name -> ``(adata, **options) -> cells x dim array``).
+"""
+
+from c2t.eval._bench import run_benchmark, summarize
+from c2t.eval._config import HEADS, METRICS, TASKS, BenchConfig, load_config
+from c2t.eval._methods import METHODS
 from c2t.eval._metrics import clustering_scores, knn_cross_validation
+from c2t.eval._report import write_report
+from c2t.eval._tasks import batch_entropy, batch_silhouette, split_by_batch, split_random
 
-__all__ = ["clustering_scores", "knn_cross_validation"]
+__all__ = [
+    "HEADS",
+    "METHODS",
+    "METRICS",
+    "TASKS",
+    "BenchConfig",
+    "batch_entropy",
+    "batch_silhouette",
+    "clustering_scores",
+    "knn_cross_validation",
+    "load_config",
+    "run_benchmark",
+    "split_by_batch",
+    "split_random",
+    "summarize",
+    "write_report",
+]

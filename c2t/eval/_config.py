@@ -1,0 +1,276 @@
+"""The benchmark config: datasets x methods x tasks x seeds, checked completely before any work starts.
+
+A config is YAML (or a dict)::
+
+    seeds: [0, 1, 2]
+    quick_cells: 1000            # cells per dataset with --quick (stratified by label)
+    datasets:
+      kang8: {}                  # a real dataset by name (KNOWN_DATASETS), settings overridable
+      pbmc3k:
+        path: ../../../shared/data/pbmc3k_raw_seurat_labels.h5ad   # or any .h5ad, relative to the config file
+        label_key: seurat_celltype
+        batch_key: null
+        split: random            # random (stratified) | by_batch (whole batches held out)
+        test_size: 0.3           # random: fraction of cells; by_batch: fraction of batches (or test_batches:)
+    methods:
+      pca: {n_comps: 50}
+      random: {}
+      genept_w_random: {method: genept_w, random_genes: true}     # a named variant of a method
+    tasks: [annotation, novel_type, clustering, batch_mixing]
+    heads: [knn, logistic]
+    metrics: null                # null: all; or a subset of METRICS
+"""
+
+from __future__ import annotations
+
+import inspect
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from c2t._errors import C2TInputError
+from c2t.eval._methods import METHODS
+
+TASKS: dict[str, tuple[str, ...]] = {
+    "annotation": ("accuracy", "macro_f1", "per_class_f1"),
+    "novel_type": ("auroc",),
+    "clustering": ("ari", "nmi", "silhouette"),
+    "batch_mixing": ("batch_silhouette", "batch_entropy"),
+}
+METRICS: tuple[str, ...] = tuple(m for ms in TASKS.values() for m in ms)
+HEADS: tuple[str, ...] = ("knn", "logistic")
+SPLITS: tuple[str, ...] = ("random", "by_batch")
+RUNNER_ARGS = ("seed", "cache_dir")
+
+# the real files beside the project (../shared/data, or $C2T_DATA): a dataset entry may just name one
+DATA_DIR = Path(__file__).resolve().parents[3] / "shared" / "data"
+KNOWN_DATASETS: dict[str, dict[str, Any]] = {
+    "pbmc3k": {"path": "pbmc3k_raw_seurat_labels.h5ad", "label_key": "seurat_celltype"},
+    "kang8": {"path": "kang2018_8donors_muscat.h5ad", "label_key": "cluster_id", "batch_key": "sample_id",
+              "split": "by_batch", "test_size": 0.25},
+    "kang_stim": {"path": "kang2018_ctrl_stim_muscat.h5ad", "label_key": "cluster_id", "batch_key": "group_id"},
+    "papalexi_thp1": {"path": "papalexi2021_thp1_perturb_sceptre.h5ad", "label_key": "target_max",
+                      "batch_key": "bio_rep"},
+    "osmfish": {"path": "osmfish_sscortex_codeluppi2018.h5ad", "label_key": "ClusterName"},
+}
+
+_TOP_KEYS = {"name", "seeds", "quick_cells", "datasets", "methods", "tasks", "heads", "metrics", "cache_dir",
+             "umap_cells", "n_neighbors"}
+_DATASET_KEYS = {"dataset", "path", "label_key", "batch_key", "split", "test_size", "test_batches", "max_cells"}
+
+
+@dataclass
+class DatasetSpec:
+    """One dataset: a file, its label and batch columns, and how cells are split into train and test."""
+
+    name: str
+    path: Path
+    label_key: str
+    batch_key: str | None = None
+    split: str = "random"
+    test_size: float = 0.3
+    test_batches: list[str] | None = None
+    max_cells: int | None = None
+
+    def describe(self) -> dict[str, Any]:
+        return {"path": str(self.path), "label_key": self.label_key, "batch_key": self.batch_key,
+                "split": self.split, "test_size": self.test_size, "test_batches": self.test_batches,
+                "max_cells": self.max_cells}
+
+
+@dataclass
+class MethodSpec:
+    """One method: a function of :data:`~c2t.eval._methods.METHODS` and its options."""
+
+    name: str
+    method: str
+    options: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass
+class BenchConfig:
+    """A validated benchmark config (see the module docstring for the YAML)."""
+
+    datasets: dict[str, DatasetSpec]
+    methods: dict[str, MethodSpec]
+    tasks: list[str]
+    seeds: list[int]
+    heads: list[str] = field(default_factory=lambda: list(HEADS))
+    metrics: list[str] | None = None
+    quick_cells: int = 1000
+    umap_cells: int = 2000
+    n_neighbors: int = 15
+    cache_dir: str | None = None
+    name: str = "benchmark"
+    source: dict[str, Any] = field(default_factory=dict)
+
+
+def _fail(where: str, message: str) -> None:
+    msg = f"{where}: {message}"
+    raise C2TInputError(msg)
+
+
+def _unknown(where: str, kind: str, name: Any, valid) -> None:
+    _fail(where, f"unknown {kind} {name!r}; valid {kind}s are: {', '.join(sorted(valid))}")
+
+
+def _check_obs(spec: DatasetSpec, where: str) -> None:
+    import anndata as ad
+
+    try:
+        adata = ad.read_h5ad(spec.path, backed="r")
+    except Exception as err:
+        _fail(where, f"{spec.path}: cannot be read as .h5ad ({type(err).__name__}: {err})")
+    try:
+        columns = list(adata.obs.columns)
+        for key in (spec.label_key, spec.batch_key):
+            if key is not None and key not in columns:
+                _fail(where, f"{key!r} not found in obs of {spec.path.name}; columns are: {', '.join(columns)}")
+        if spec.split == "by_batch" and spec.test_batches:
+            batches = set(adata.obs[spec.batch_key].astype(str))
+            missing = [b for b in spec.test_batches if b not in batches]
+            if missing:
+                _fail(where, f"test batch {missing[0]!r} not in obs[{spec.batch_key!r}]; batches are: "
+                             f"{', '.join(sorted(batches))}")
+    finally:
+        adata.file.close()
+
+
+def _dataset(name: str, entry: Any, base: Path) -> DatasetSpec:
+    where = f"datasets.{name}"
+    if entry is not None and not isinstance(entry, dict):
+        _fail(where, "must be a mapping with path: and label_key: (or the name of a known dataset)")
+    entry = dict(entry or {})
+    unknown = set(entry) - _DATASET_KEYS
+    if unknown:
+        _unknown(where, "key", sorted(unknown)[0], _DATASET_KEYS)
+    if "path" not in entry:  # a named real dataset, with the entry's keys as overrides
+        known = str(entry.pop("dataset", name))
+        if known not in KNOWN_DATASETS:
+            _fail(where, f"unknown dataset {known!r} (and no path:); valid datasets are: "
+                         f"{', '.join(sorted(KNOWN_DATASETS))}, or give path: and label_key:")
+        defaults = dict(KNOWN_DATASETS[known])
+        defaults["path"] = str(Path(os.environ.get("C2T_DATA") or DATA_DIR) / defaults["path"])
+        entry = {**defaults, **entry}
+    entry.pop("dataset", None)
+    for key in ("path", "label_key"):
+        if not entry.get(key):
+            _fail(where, f"{key}: is required")
+    path = Path(os.path.expandvars(os.path.expanduser(str(entry["path"]))))
+    if not path.is_absolute():
+        path = base / path
+    if not path.is_file():
+        _fail(where, f"{path}: no such file")
+    spec = DatasetSpec(name=name, path=path.resolve(), label_key=str(entry["label_key"]),
+                       batch_key=entry.get("batch_key"), split=str(entry.get("split", "random")),
+                       test_size=float(entry.get("test_size", 0.3)), test_batches=entry.get("test_batches"),
+                       max_cells=entry.get("max_cells"))
+    if spec.split not in SPLITS:
+        _unknown(where, "split", spec.split, SPLITS)
+    if spec.split == "by_batch" and not spec.batch_key:
+        _fail(where, "split: by_batch needs batch_key:")
+    if not 0 < spec.test_size < 1:
+        _fail(where, f"test_size must be between 0 and 1, not {spec.test_size}")
+    if spec.test_batches is not None:
+        spec.test_batches = [str(b) for b in spec.test_batches]
+    _check_obs(spec, where)
+    return spec
+
+
+def _method(name: str, options: Any) -> MethodSpec:
+    where = f"methods.{name}"
+    options = dict(options or {})
+    method = str(options.pop("method", name))
+    if method not in METHODS:
+        _unknown(where, "method", method, METHODS)
+    parameters = inspect.signature(METHODS[method]).parameters
+    allowed = [p for p in list(parameters)[1:] if p not in RUNNER_ARGS]
+    for option in options:
+        if option not in allowed:
+            _fail(where, f"unknown option {option!r} of method {method}; its options are: {', '.join(allowed) or '(none)'}")
+    return MethodSpec(name=name, method=method, options=options)
+
+
+def load_config(config: str | os.PathLike | dict[str, Any], *, base: str | os.PathLike | None = None) -> BenchConfig:
+    """Read and validate a benchmark config; every name is checked before any work starts.
+
+    Parameters
+    ----------
+    config
+        A YAML file or a dict.
+    base
+        Folder that relative dataset paths are resolved against (default: the YAML's folder, or the
+        working directory for a dict).
+
+    Returns
+    -------
+    BenchConfig
+
+    Examples
+    --------
+    >>> load_config({"datasets": {}, "methods": {"pca": {}}, "tasks": ["annotation"]})
+    Traceback (most recent call last):
+    ...
+    c2t._errors.C2TInputError: config: datasets: needs at least one dataset
+    >>> load_config({"datasets": {}, "methods": {"umap": {}}, "tasks": ["annotation"]})
+    Traceback (most recent call last):
+    ...
+    c2t._errors.C2TInputError: methods.umap: unknown method 'umap'; valid methods are: cellama, genept_s, genept_w, pca, plm, random
+    """
+    if isinstance(config, dict):
+        raw, base_dir = dict(config), Path(base or ".")
+    else:
+        import yaml
+
+        path = Path(config)
+        if not path.is_file():
+            msg = f"{path}: no such config file"
+            raise C2TInputError(msg)
+        try:
+            raw = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+        except yaml.YAMLError as err:
+            msg = f"{path}: not valid YAML ({err})"
+            raise C2TInputError(msg) from err
+        if not isinstance(raw, dict):
+            msg = f"{path}: the config must be a mapping"
+            raise C2TInputError(msg)
+        base_dir = Path(base) if base else path.resolve().parent
+    unknown = set(raw) - _TOP_KEYS
+    if unknown:
+        _unknown("config", "key", sorted(unknown)[0], _TOP_KEYS)
+    # cheap checks of names first, then the files
+    methods_raw = raw.get("methods") or {}
+    if isinstance(methods_raw, list):
+        methods_raw = {m: {} for m in methods_raw}
+    methods = {str(name): _method(str(name), options) for name, options in methods_raw.items()}
+    if not methods:
+        _fail("config", "methods: needs at least one method")
+    tasks = list(raw.get("tasks") or TASKS)
+    for task in tasks:
+        if task not in TASKS:
+            _unknown("tasks", "task", task, TASKS)
+    heads = list(raw.get("heads") or HEADS)
+    for head in heads:
+        if head not in HEADS:
+            _unknown("heads", "head", head, HEADS)
+    metrics = raw.get("metrics")
+    if metrics is not None:
+        metrics = list(metrics)
+        for metric in metrics:
+            if metric not in METRICS:
+                _unknown("metrics", "metric", metric, METRICS)
+    seeds = raw.get("seeds", [0, 1, 2])
+    seeds = list(range(seeds)) if isinstance(seeds, int) else [int(s) for s in seeds]
+    if not seeds:
+        _fail("config", "seeds: needs at least one seed")
+    datasets_raw = raw.get("datasets") or {}
+    if isinstance(datasets_raw, list):
+        datasets_raw = {str(d): {} for d in datasets_raw}
+    if not datasets_raw:
+        _fail("config", "datasets: needs at least one dataset")
+    datasets = {str(name): _dataset(str(name), entry, base_dir) for name, entry in datasets_raw.items()}
+    return BenchConfig(datasets=datasets, methods=methods, tasks=tasks, seeds=seeds, heads=heads, metrics=metrics,
+                       quick_cells=int(raw.get("quick_cells", 1000)), umap_cells=int(raw.get("umap_cells", 2000)),
+                       n_neighbors=int(raw.get("n_neighbors", 15)), cache_dir=raw.get("cache_dir"),
+                       name=str(raw.get("name", "benchmark")), source=raw)

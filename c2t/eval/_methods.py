@@ -1,0 +1,117 @@
+"""Benchmark methods: a plain dict from name to a small function ``(adata, **options) -> cells x dim array``.
+
+Adding a method is one function here and one line in :data:`METHODS`. The runner passes ``seed`` and
+``cache_dir`` to a function whose signature names them; every other option comes from the config.
+"""
+
+from __future__ import annotations
+
+import functools
+import os
+from collections.abc import Callable
+from pathlib import Path
+
+import numpy as np
+
+from c2t._errors import C2TInputError
+
+DESCRIPTIONS = Path(__file__).resolve().parents[3] / "shared" / "data" / "human_gene_descriptions.parquet"
+
+
+def _descriptions_path(descriptions: str | os.PathLike | None) -> Path:
+    path = Path(descriptions or os.environ.get("C2T_DESCRIPTIONS") or DESCRIPTIONS)
+    if not path.is_file():
+        msg = f"{path}: no gene description table; set the method's descriptions: option or $C2T_DESCRIPTIONS"
+        raise C2TInputError(msg)
+    return path
+
+
+@functools.lru_cache(maxsize=4)
+def _encoder(model: str | None):
+    from c2t.genes import SentenceTransformerEncoder
+    from c2t.models import minilm_path
+
+    return SentenceTransformerEncoder(model or minilm_path())
+
+
+def pca(adata, *, n_comps: int = 50, n_top_genes: int = 2000, seed: int = 0) -> np.ndarray:
+    """PCA of log1p(CP10k) expression on highly variable genes: the classical baseline.
+
+    Examples
+    --------
+    >>> import anndata as ad, numpy as np
+    >>> adata = ad.AnnData(np.random.default_rng(0).poisson(2, (30, 20)).astype(np.float32))
+    >>> pca(adata, n_comps=5).shape
+    (30, 5)
+    """
+    import c2t.embed
+
+    work = c2t.embed.pca(adata, n_comps=n_comps, n_top_genes=n_top_genes, seed=seed, copy=True)
+    return work.obsm["X_pca_log"]
+
+
+def random(adata, *, dim: int = 50, seed: int = 0) -> np.ndarray:
+    """The random control: Gaussian vectors independent of expression (scores at chance).
+
+    Examples
+    --------
+    >>> import anndata as ad, numpy as np
+    >>> random(ad.AnnData(np.zeros((4, 3), dtype=np.float32)), dim=2).shape
+    (4, 2)
+    """
+    return np.random.default_rng(seed).standard_normal((adata.n_obs, dim)).astype(np.float32)
+
+
+def genept_w(adata, *, descriptions: str | None = None, model: str | None = None, random_genes: bool = False,
+             gene_seed: int = 0, cache_dir: str | None = None) -> np.ndarray:
+    """GenePT-w: expression-weighted mean of the genes' description embeddings (all-MiniLM-L6-v2 by default).
+
+    Only the genes expressed in ``adata`` are embedded; with ``random_genes`` the gene vectors are replaced
+    by random ones of the same norm, drawn with ``gene_seed`` (GenePT's own control).
+    """
+    import c2t.embed
+    from c2t.genes import embed_genes, load_descriptions
+
+    matched = load_descriptions(_descriptions_path(descriptions)).match(adata.var_names.astype(str))
+    expressed = np.asarray((adata.X > 0).sum(axis=0)).ravel() > 0
+    matched.loc[~expressed, "text"] = ""
+    genes = embed_genes(matched, _encoder(model), cache_dir=cache_dir)
+    if random_genes:
+        genes = genes.random_control(seed=gene_seed)
+    return c2t.embed.genept_w(adata, genes, copy=True).obsm["X_genept_w"]
+
+
+def genept_s(adata, *, top_k: int = 100, model: str | None = None, cache_dir: str | None = None) -> np.ndarray:
+    """GenePT-s: the text embedding of each cell's sentence of its ``top_k`` genes."""
+    import c2t.embed
+
+    return c2t.embed.genept_s(adata, _encoder(model), top_k=top_k, cache_dir=cache_dir, copy=True).obsm["X_genept_s"]
+
+
+def cellama(adata, *, top_k: int = 32, metadata_keys: tuple[str, ...] = (), model: str | None = None,
+            cache_dir: str | None = None) -> np.ndarray:
+    """CELLama (frozen encoder): "Top genes are ..." sentences, optionally with metadata columns."""
+    import c2t.embed
+
+    return c2t.embed.cellama(adata, _encoder(model), top_k=top_k, metadata_keys=list(metadata_keys),
+                             cache_dir=cache_dir, copy=True).obsm["X_cellama"]
+
+
+def plm(adata, *, path: str | None = None) -> np.ndarray:
+    """A PLM encoder folder (from ``c2t pretrain``; see :func:`c2t.plm.load_encoder`)."""
+    if not path:
+        msg = "method plm needs path: (an encoder folder from `c2t pretrain`)"
+        raise C2TInputError(msg)
+    from c2t.plm import load_encoder
+
+    return np.asarray(load_encoder(path).embed(adata), dtype=np.float32)
+
+
+METHODS: dict[str, Callable[..., np.ndarray]] = {
+    "pca": pca,
+    "random": random,
+    "genept_w": genept_w,
+    "genept_s": genept_s,
+    "cellama": cellama,
+    "plm": plm,
+}
