@@ -374,6 +374,9 @@ _register_embed(app)
 from c2t._cli_train import register as _register_train  # noqa: E402 - verbs defined in their own module
 
 _register_train(app)
+from c2t._cli_bench import register as _register_bench  # noqa: E402 - verbs defined in their own module
+
+_register_bench(app)
 
 
 def main() -> None:
