@@ -72,3 +72,15 @@ def test_cli_one_line_error(tmp_path):
     result = CliRunner().invoke(app, ["train", str(config), "--quantization", "4bit"])
     assert result.exit_code == 2, result.output
     assert result.output.startswith("error:") and "quantization: 4bit (QLoRA)" in " ".join(result.output.split())
+
+
+def test_a_run_written_before_the_field_existed_still_resumes(tmp_path):
+    from c2t.train._run import _prepare_output
+
+    cfg = _cfg(tmp_path)
+    saved = {k: v for k, v in cfg.to_dict().items() if k != "quantization"}
+    (tmp_path / "run").mkdir()
+    (tmp_path / "run" / "train_config.yaml").write_text(yaml.safe_dump(saved))
+    assert _prepare_output(cfg) == "resume"
+    with pytest.raises(C2TInputError, match="quantization: 'none' there, '4bit' here"):
+        _prepare_output(_cfg(tmp_path, quantization="4bit"))
