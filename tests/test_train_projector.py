@@ -144,3 +144,31 @@ def test_bad_input(synth, gene_vectors, tiny_llama, tmp_path):
     T5Model(T5Config(vocab_size=32, d_model=16, d_kv=8, d_ff=32, num_layers=1, num_heads=2)).save_pretrained(tmp_path / "t5")
     with pytest.raises(C2TInputError, match="encoder-decoder"):
         _fit(synth, gene_vectors, tmp_path / "t5")
+
+
+def test_cli_fit_and_predict(synth_h5ad, gene_vectors, tiny_llama, tmp_path):
+    import anndata as ad
+    from typer.testing import CliRunner
+
+    from c2t.cli import app
+
+    runner = CliRunner()
+    genes_dir = gene_vectors.save(tmp_path / "genes")
+    model = tmp_path / "proj"
+    result = runner.invoke(app, ["projector", "fit", str(synth_h5ad), "--gene-embeddings", str(genes_dir),
+                                 "--label-key", "cell_type", "--base-model", str(tiny_llama), "-o", str(model),
+                                 "--top-k", "8", "--hidden-dim", "16", "--epochs", "6", "--learning-rate", "0.01"])
+    assert result.exit_code == 0, result.output
+    assert "3 classes, 240 cells, 48 steps" in " ".join(result.output.split())
+    out = tmp_path / "pred.h5ad"
+    result = runner.invoke(app, ["projector", "predict", str(synth_h5ad), "--model", str(model), "-o", str(out),
+                                 "--embed"])
+    assert result.exit_code == 0, result.output
+    pred = ad.read_h5ad(out)
+    assert (pred.obs["c2t_projector"].astype(str) == pred.obs["cell_type"].astype(str)).mean() > 0.8
+    assert pred.obsm["c2t_projector_proba"].shape == (240, 3) and pred.obsm["X_c2t_projector"].shape == (240, 32)
+
+    bad = runner.invoke(app, ["projector", "fit", str(synth_h5ad), "--gene-embeddings", str(genes_dir),
+                              "--label-key", "celltype", "--base-model", str(tiny_llama), "-o", str(tmp_path / "x")])
+    assert bad.exit_code == 2 and bad.output.startswith("error:") and "'celltype' not found" in bad.output
+    assert not (tmp_path / "x").exists()
