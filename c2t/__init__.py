@@ -14,7 +14,7 @@ import importlib
 from c2t._errors import C2TInputError
 from c2t._version import __version__
 
-_SUBMODULES = {"embed", "eval", "genes", "heads", "instruct", "io", "models", "plm", "sentences", "servers", "train"}
+_SUBMODULES = {"embed", "eval", "generate", "genes", "heads", "instruct", "io", "models", "plm", "sentences", "servers", "train"}
 
 __all__ = ["C2TInputError", "__version__", *sorted(_SUBMODULES)]
 

@@ -77,7 +77,7 @@ def _lookup(tokens: pa.Array, vocabulary: np.ndarray, *, case_insensitive: bool)
 def decode(
     sentences: Sequence[str] | pa.Array | CellSentences,
     *,
-    model: CellSentences | str | os.PathLike,
+    model: CellSentences | str | os.PathLike | tuple[Sequence[str], InverseModel],
     delimiter: str | None = " ",
     obs: pd.DataFrame | None = None,
     case_insensitive: bool = True,
@@ -96,7 +96,8 @@ def decode(
     sentences
         Texts (one per cell), or a :class:`CellSentences` (decoded from its ids, no text).
     model
-        The :class:`CellSentences` or saved folder whose vocabulary and inverse model to use.
+        The :class:`CellSentences` or saved folder whose vocabulary and inverse model to use, or a
+        ``(vocabulary, InverseModel)`` pair.
     delimiter
         Gene separator in the texts.
     obs
@@ -118,7 +119,9 @@ def decode(
 
     from c2t.sentences._kernels import dedupe_tokens
 
-    if isinstance(model, CellSentences):
+    if isinstance(model, tuple):  # (vocabulary, InverseModel), e.g. from a training run's manifest
+        vocabulary, inverse = np.asarray(model[0], dtype=object), model[1]
+    elif isinstance(model, CellSentences):
         vocabulary, inverse = model.vocabulary, model.inverse_model
         if inverse is None:
             msg = "the model CellSentences holds no inverse model"

