@@ -371,6 +371,9 @@ def train(
 from c2t._cli_embed import register as _register_embed  # noqa: E402 - verbs defined in their own module
 
 _register_embed(app)
+from c2t._cli_generate import register as _register_generate  # noqa: E402 - verbs defined in their own module
+
+_register_generate(app)
 from c2t._cli_train import register as _register_train  # noqa: E402 - verbs defined in their own module
 
 _register_train(app)
