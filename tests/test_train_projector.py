@@ -108,6 +108,14 @@ def test_predict_embed_save_load(synth, gene_vectors, tiny_llama, tmp_path):
     np.testing.assert_allclose(again.predict_proba(synth), proba, rtol=1e-5, atol=1e-6)
     assert len(again.history) == len(clf.history)
 
+    from transformers import LlamaConfig, LlamaModel
+
+    torch.manual_seed(1)  # same architecture, other weights
+    other = LlamaModel(LlamaConfig.from_pretrained(tiny_llama))
+    other.save_pretrained(tmp_path / "other_llama")
+    with pytest.raises(C2TInputError, match=r"not the LLM .* was trained with"):
+        load_projector(folder, base_model=tmp_path / "other_llama")
+
     (folder / "classes.txt").write_text("B\nT\nMono\n")
     with pytest.raises(C2TInputError, match="do not match the manifest"):
         load_projector(folder)

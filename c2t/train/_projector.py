@@ -32,7 +32,7 @@ from c2t._atomic import atomic_path, replace_dir, write_text_atomic
 from c2t._errors import C2TInputError
 from c2t._manifest import read_manifest, vocabulary_hash, write_manifest
 
-__all__ = ["ProjectorClassifier", "cell_gene_tokens", "fit_projector", "load_projector", "soft_token_classifier"]
+__all__ = ["ProjectorClassifier", "base_fingerprint", "cell_gene_tokens", "fit_projector", "load_projector", "soft_token_classifier"]
 
 KIND = "projector_classifier"
 WEIGHTS_FILE = "projector.safetensors"
@@ -224,6 +224,23 @@ def _load_llm(base_model: str | os.PathLike, *, llm_layers: int | None, dtype: s
         transformers.logging.set_verbosity(verbosity)
     llm.eval()
     return llm
+
+
+def base_fingerprint(base_model: str | os.PathLike) -> str:
+    """A cheap fingerprint of a model folder: its ``config.json`` and, for each weights file, its size and first MiB.
+
+    Enough to tell another checkpoint (even of the same architecture) from the one a projector was trained on,
+    without hashing gigabytes.
+    """
+    import hashlib
+
+    base = Path(base_model)
+    h = hashlib.sha256((base / "config.json").read_bytes())
+    for file in sorted([*base.glob("*.safetensors"), *base.glob("*.bin")]):
+        h.update(f"{file.name}:{file.stat().st_size}".encode())
+        with open(file, "rb") as f:
+            h.update(f.read(1 << 20))
+    return "sha256:" + h.hexdigest()[:16]
 
 
 # ----------------------------------------------------------------------------------------------- AnnData side
@@ -505,6 +522,7 @@ def fit_projector(
                               manifest={"gene_embeddings": {k: gene_embeddings.manifest.get(k) for k in
                                                             ("encoder", "descriptions", "coverage")},
                                         "llm": {"model_type": llm.config.model_type,
+                                                "fingerprint": base_fingerprint(base_model),
                                                 "layers_used": getattr(llm.config, "num_hidden_layers", None)}})
     ids, values = clf._tokens(adata)
     labelled = np.flatnonzero(y >= 0)
@@ -557,6 +575,11 @@ def load_projector(path: str | os.PathLike, *, base_model: str | os.PathLike | N
         msg = f"{path}: {GENES_FILE}, {VECTORS_FILE} or {CLASSES_FILE} do not match the manifest (the folder was modified)"
         raise C2TInputError(msg)
     llm = _load_llm(settings["base_model"], llm_layers=settings.get("llm_layers"), dtype=settings.get("dtype", "float32"))
+    expected = (manifest.get("llm") or {}).get("fingerprint")
+    if expected is not None and base_fingerprint(settings["base_model"]) != expected:
+        msg = (f"base_model {settings['base_model']}: not the LLM {path} was trained with (its config.json or weights "
+               f"differ; fingerprint expected {expected}, found {base_fingerprint(settings['base_model'])})")
+        raise C2TInputError(msg)
     width = int(llm.get_input_embeddings().embedding_dim)
     if width != manifest["llm_width"]:
         msg = (f"base_model {settings['base_model']}: input embeddings of width {width}, but {path} was trained for "
