@@ -178,3 +178,50 @@ def _tiny_model(kind: str, tokenizer_dir: Path, folder: Path) -> Path:
 def tiny_models(tmp_path_factory, tokenizer_dir) -> dict[str, Path]:
     folder = tmp_path_factory.mktemp("models")
     return {kind: _tiny_model(kind, tokenizer_dir, folder) for kind in ("gpt2", "llama", "t5")}
+
+
+# ----------------------------------------------------------------------------------------------- c2t.generate
+# A tiny LLaMA whose heads are 32 wide (vLLM's CPU attention needs >= 32) and a c2t LoRA run on it, trained on 300
+# pbmc3k cells' annotation, generation and unconditional records: the model every generation test loads.
+@pytest.fixture(scope="session")
+def gen_dataset(tmp_path_factory) -> Path:
+    if not PBMC3K.is_file():
+        pytest.skip(f"{PBMC3K.name} is absent from ../shared/data")
+    from c2t.instruct import build
+    from c2t.io import read_h5ad
+
+    adata = read_h5ad(PBMC3K)
+    rows = np.sort(np.random.default_rng(1).choice(adata.n_obs, 300, replace=False))
+    out = tmp_path_factory.mktemp("gen_ds") / "pbmc3k_gen"
+    build(adata[rows].copy(), out=out, tasks=["cell_type", "generation", {"task": "unconditional", "weight": 0.3}],
+          top_k=10, label_key="seurat_celltype", drop_missing=True)
+    return out
+
+
+@pytest.fixture(scope="session")
+def vllm_llama(tmp_path_factory, tokenizer_dir) -> Path:
+    import torch
+    from transformers import AutoTokenizer, LlamaConfig, LlamaForCausalLM
+
+    tok = AutoTokenizer.from_pretrained(tokenizer_dir)
+    torch.manual_seed(0)
+    model = LlamaForCausalLM(LlamaConfig(
+        vocab_size=len(tok), hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=2,
+        num_key_value_heads=1, max_position_embeddings=512, tie_word_embeddings=True, initializer_range=0.2,
+        pad_token_id=tok.pad_token_id, eos_token_id=tok.eos_token_id, bos_token_id=tok.bos_token_id))
+    out = tmp_path_factory.mktemp("models") / "llama64"
+    model.save_pretrained(out)
+    tok.save_pretrained(out)
+    return out
+
+
+@pytest.fixture(scope="session")
+def gen_run(tmp_path_factory, gen_dataset, vllm_llama) -> Path:
+    """A finished LoRA run (chat format) on the tiny LLaMA: ~20 s on 2 cores."""
+    from c2t.train import train
+
+    out = tmp_path_factory.mktemp("runs") / "gen_lora"
+    return train({"dataset": str(gen_dataset), "base_model": str(vllm_llama), "output_dir": str(out), "method": "lora",
+                  "lora_r": 8, "max_steps": 12, "per_device_train_batch_size": 8, "learning_rate": 3e-3,
+                  "eval_split": None, "max_length": 256, "logging_steps": 4, "format": "messages", "seed": 0,
+                  "report_to": "none"})
