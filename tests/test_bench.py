@@ -256,3 +256,12 @@ def test_stratified_subsample_keeps_every_label():
     rows = _stratified_subsample(labels, 20, seed=0)
     assert sorted(set(labels[rows])) == ["a", "b", "c"] and abs(len(rows) - 20) <= 2
     assert load_config  # re-exported
+
+
+def test_importing_the_benchmark_is_light():
+    import subprocess
+    import sys
+
+    code = ("import sys, c2t.eval, c2t._cli_bench; heavy = [m for m in ('torch', 'scanpy', 'sklearn', 'matplotlib', "
+            "'umap', 'anndata') if m in sys.modules]; print(heavy)")
+    assert subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.strip() == "[]"

@@ -155,7 +155,7 @@ def run_benchmark(
         A YAML file, a dict or a :class:`BenchConfig` (validated before any work starts).
     out
         Output folder: ``results.csv`` (one row per seed and metric), ``summary.csv`` and ``summary.md``
-        (mean and 95% interval over seeds, with ranks), ``report.html``, ``config.yaml`` and ``cache/``.
+        (mean and 95% interval over seeds, with ranks), ``report.html``, ``config_used.yaml`` and ``cache/``.
     quick
         Subsample each dataset to ``quick_cells`` cells (stratified by label).
     seeds
@@ -227,7 +227,7 @@ def run_benchmark(
         results.to_csv(tmp, index=False)
     import yaml
 
-    write_text_atomic(out / "config.yaml", yaml.safe_dump(cfg.source, sort_keys=False))
+    write_text_atomic(out / "config_used.yaml", yaml.safe_dump(cfg.source, sort_keys=False))
     summary = summarize(results)
     with atomic_path(out / "summary.csv") as tmp:
         summary.to_csv(tmp, index=False)
@@ -281,13 +281,14 @@ def summarize(results: pd.DataFrame) -> pd.DataFrame:
 
 
 def _fmt(row) -> str:
+    rank = f" ({int(row['rank'])})" if np.isfinite(row["rank"]) else ""
     if not np.isfinite(row["ci_low"]):
-        return f"{row['mean']:.3f}"
-    return f"{row['mean']:.3f} ± {(row['ci_high'] - row['ci_low']) / 2:.3f}"
+        return f"{row['mean']:.3f}{rank}"
+    return f"{row['mean']:.3f} ± {(row['ci_high'] - row['ci_low']) / 2:.3f}{rank}"
 
 
 def summary_table(summary: pd.DataFrame, dataset: str) -> pd.DataFrame:
-    """One dataset's results as a methods x metrics table of "mean ± half-interval", with the mean rank."""
+    """One dataset's results as a methods x metrics table of "mean ± half-interval (rank)", with the mean rank."""
     part = summary[summary["dataset"] == dataset].copy()
     if part.empty:
         return pd.DataFrame()
@@ -319,7 +320,7 @@ def markdown_table(table: pd.DataFrame) -> str:
 
 def summary_markdown(summary: pd.DataFrame, results: pd.DataFrame) -> str:
     """The summary as Markdown: one table per dataset, then the failed methods with their errors."""
-    lines = ["# Benchmark results", "", "Mean ± half-width of the 95% t-interval over seeds; rank 1 is best.", ""]
+    lines = ["# Benchmark results", "", "Mean ± half-width of the 95% t-interval over seeds (rank among the methods; 1 is best).", ""]
     for dataset in summary["dataset"].drop_duplicates():
         table = summary_table(summary, dataset)
         split = summary.loc[summary["dataset"] == dataset, "split"].iloc[0]

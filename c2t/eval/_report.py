@@ -83,26 +83,29 @@ def _umap(X: np.ndarray, seed: int = 0) -> np.ndarray:
 
 
 def umap_grid(embeddings: dict[str, dict[str, np.ndarray]]):
-    """A row per method: its UMAP coloured by label and (if there are batches) by batch."""
+    """Each method's UMAP coloured by label and (if there are batches) by batch: a row per method with
+    batches, else a grid of three columns."""
     from matplotlib.figure import Figure
 
     has_batch = any(len(e["batch"]) for e in embeddings.values())
-    ncols = 2 if has_batch else 1
-    fig = Figure(figsize=(4.6 * ncols + 1.8, 3.6 * len(embeddings)))
-    for r, (method, e) in enumerate(embeddings.items()):
-        coords = _umap(e["X"])
-        for c, key in enumerate(["label", "batch"][:ncols]):
-            ax = fig.add_subplot(len(embeddings), ncols, r * ncols + c + 1)
-            values = e[key] if len(e[key]) else np.array([""] * len(coords))
-            names, color = _colors(values)
-            for name in names:
-                cells = values == name
-                ax.scatter(coords[cells, 0], coords[cells, 1], s=3, color=color[name], label=name, linewidths=0)
-            ax.set_title(f"{method}: {key}", fontsize=10)
-            ax.set_xticks([])
-            ax.set_yticks([])
-            if len(names) <= 20:
-                ax.legend(fontsize=6, markerscale=3, loc="center left", bbox_to_anchor=(1, 0.5), frameon=False)
+    panels = [(m, key) for m in embeddings for key in (("label", "batch") if has_batch else ("label",))]
+    ncols = 2 if has_batch else min(3, len(panels))
+    nrows = int(np.ceil(len(panels) / ncols))
+    fig = Figure(figsize=(5.4 * ncols, 3.6 * nrows))
+    coords = {m: _umap(e["X"]) for m, e in embeddings.items()}
+    for i, (method, key) in enumerate(panels):
+        ax = fig.add_subplot(nrows, ncols, i + 1)
+        xy = coords[method]
+        values = embeddings[method][key]
+        names, color = _colors(values)
+        for name in names:
+            cells = values == name
+            ax.scatter(xy[cells, 0], xy[cells, 1], s=3, color=color[name], label=name, linewidths=0)
+        ax.set_title(f"{method}: {key}", fontsize=10)
+        ax.set_xticks([])
+        ax.set_yticks([])
+        if len(names) <= 20:
+            ax.legend(fontsize=6, markerscale=3, loc="center left", bbox_to_anchor=(1, 0.5), frameon=False)
     fig.tight_layout()
     return fig
 
