@@ -125,3 +125,27 @@ def test_cli_embed_genes_through_the_server(embedding_server, tmp_path):
     assert ge.genes.tolist() == ["CD3D", "LZM", "MS4A1"]
     assert ge.has_text.tolist() == [True, True, False]  # LZM is LYZ's alias; MS4A1 has no summary
     assert "api" not in result.output.lower() or "local-test-key" not in result.output
+
+
+def test_scchat_cluster_annotation_through_the_chat_server(chat_server, pbmc3k, tmp_path):
+    """Leiden clusters of real pbmc3k cells, their Wilcoxon markers, and SmolLM2 naming each from a label list."""
+    import json
+
+    from c2t.generate import annotate_clusters
+
+    adata = pbmc3k[np.random.default_rng(0).choice(pbmc3k.n_obs, 600, replace=False)].copy()
+    labels = ["T cell", "B cell", "NK cell", "Monocyte", "Dendritic cell", "Platelet"]
+    log = tmp_path / "exchange.jsonl"
+    result = annotate_clusters(adata, base_url=chat_server.base_url, served_model="smollm2", labels=labels,
+                               tissue="human blood", resolution=0.5, n_markers=8, log=log)
+    clusters = sorted(adata.obs["leiden"].astype(str).unique())
+    assert sorted(result) == clusters and len(clusters) >= 3
+    assert set(result.values()) <= {*labels, "unknown"}
+    assert (adata.obs["c2t_scchat"].astype(str) == adata.obs["leiden"].astype(str).map(result)).all()
+    entries = [json.loads(line) for line in log.read_text().splitlines()]
+    assert [e["cluster"] for e in entries] == clusters
+    for entry in entries:
+        assert len(entry["markers"]) == 8 and ", ".join(entry["markers"]) in entry["prompt"]
+        assert entry["label"] == result[entry["cluster"]] and isinstance(entry["answer"], str)
+    markers_b = adata.uns["c2t_scchat"]["clusters"]
+    assert any("CD79A" in m["markers"] or "MS4A1" in m["markers"] for m in markers_b.values())  # a B-cell cluster
