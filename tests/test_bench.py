@@ -265,3 +265,26 @@ def test_importing_the_benchmark_is_light():
     code = ("import sys, c2t.eval, c2t._cli_bench; heavy = [m for m in ('torch', 'scanpy', 'sklearn', 'matplotlib', "
             "'umap', 'anndata') if m in sys.modules]; print(heavy)")
     assert subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.strip() == "[]"
+
+
+def test_split_across_datasets_trains_on_the_reference_and_tests_on_the_query(tiny_h5ad, tmp_path, synthetic_factory):
+    import anndata as ad
+
+    query = synthetic_factory(n_cells=150, n_genes=60, seed=4)[:, 10:].copy()  # 50 of the 60 genes
+    query.obs = query.obs.rename(columns={"cell_type": "celltype"})
+    query.write_h5ad(tmp_path / "query.h5ad")
+    config = tiny_config(tiny_h5ad, methods={"pca": {"n_comps": 10}}, seeds=[0], tasks=["annotation", "batch_mixing"])
+    config["datasets"]["tiny"] = {"path": str(tiny_h5ad), "label_key": "cell_type", "split": "across",
+                                  "query": str(tmp_path / "query.h5ad"), "query_label_key": "celltype"}
+    results = run_benchmark(config, tmp_path / "out", report=False)
+    assert set(results["status"]) == {"ok"}, results["error"].unique()
+    assert set(results["split_detail"]) == {"tiny.h5ad -> query.h5ad (50 shared genes)"}
+    assert results["n_cells"].iloc[0] == 300 and "+" in results["dataset_sha256"].iloc[0]
+    unit = json.loads((tmp_path / "out" / "cache" / "tiny" / "pca" / "seed0.json").read_text())
+    truth = unit["predictions"]["knn"]["truth"]
+    assert truth == query.obs["celltype"].astype(str).tolist()  # the test cells are the query's, in order
+    assert ad.read_h5ad(tmp_path / "query.h5ad").n_obs == len(truth)
+    assert set(results.loc[results["task"] == "batch_mixing", "metric"]) == {"batch_silhouette", "batch_entropy"}
+    with pytest.raises(C2TInputError, match=r"'cell_type' not found in obs of query\.h5ad"):
+        run_benchmark({**config, "datasets": {"tiny": {**config["datasets"]["tiny"], "query_label_key": None}}},
+                      tmp_path / "out2")

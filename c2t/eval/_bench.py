@@ -61,25 +61,50 @@ class _Dataset:
 
     def __init__(self, spec: DatasetSpec, *, quick: bool, quick_cells: int) -> None:
         from c2t._manifest import file_hash
-        from c2t.io import read_h5ad
 
         self.spec = spec
-        adata = read_h5ad(spec.path)
-        labels = adata.obs[spec.label_key]
-        keep = labels.notna().to_numpy() & (labels.astype(str).to_numpy() != "nan")
-        adata = adata[keep]
-        limit = min(x for x in (spec.max_cells, quick_cells if quick else None, adata.n_obs) if x)
-        rows = _stratified_subsample(adata.obs[spec.label_key].astype(str).to_numpy(), limit, seed=0)
-        self.adata = adata[rows].copy()
-        self.labels = self.adata.obs[spec.label_key].astype(str).to_numpy()
-        self.batches = (self.adata.obs[spec.batch_key].astype(str).to_numpy() if spec.batch_key else None)
+        limit = [x for x in (spec.max_cells, quick_cells if quick else None) if x]
+        adata = self._read(spec.path, spec.label_key, limit)
         self.sha256 = file_hash(spec.path).removeprefix("sha256:")
+        if spec.split == "across":
+            import anndata as ad
+
+            query = self._read(spec.query, spec.query_label_key, limit)
+            shared = adata.var_names.intersection(query.var_names)
+            if len(shared) < 10:
+                msg = f"{spec.name}: only {len(shared)} genes are shared by {spec.path.name} and {spec.query.name}"
+                raise C2TInputError(msg)
+            query.obs[spec.label_key] = query.obs[spec.query_label_key]
+            adata = ad.concat({"reference": adata[:, shared], "query": query[:, shared]}, label="_source",
+                              index_unique=":", join="inner")
+            self.sha256 += "+" + file_hash(spec.query).removeprefix("sha256:")
+            self.n_shared_genes = len(shared)
+        self.adata = adata
+        self.labels = adata.obs[spec.label_key].astype(str).to_numpy()
+        batch_key = "_source" if spec.split == "across" else spec.batch_key
+        self.batches = adata.obs[batch_key].astype(str).to_numpy() if batch_key else None
         self.quick = quick
+
+    @staticmethod
+    def _read(path, label_key: str, limit: list[int]):
+        """Labelled cells of ``path``, subsampled (stratified by label) to the smallest of ``limit``."""
+        from c2t.io import read_h5ad
+
+        adata = read_h5ad(path)
+        labels = adata.obs[label_key]
+        adata = adata[labels.notna().to_numpy() & (labels.astype(str).to_numpy() != "nan")]
+        if adata.var_names.has_duplicates:
+            adata = adata[:, ~adata.var_names.duplicated()]
+        rows = _stratified_subsample(adata.obs[label_key].astype(str).to_numpy(), min([*limit, adata.n_obs]), seed=0)
+        return adata[rows].copy()
 
     def split(self, seed: int) -> tuple[np.ndarray, np.ndarray, str]:
         from c2t.eval._tasks import split_by_batch, split_random
 
         spec = self.spec
+        if spec.split == "across":
+            train, test = np.flatnonzero(self.batches == "reference"), np.flatnonzero(self.batches == "query")
+            return train, test, f"{spec.path.name} -> {spec.query.name} ({self.n_shared_genes} shared genes)"
         if spec.split == "by_batch":
             train, test, held = split_by_batch(self.batches, test_size=spec.test_size, test_batches=spec.test_batches,
                                                seed=seed)
@@ -88,8 +113,15 @@ class _Dataset:
         return train, test, f"stratified, test {spec.test_size:g}"
 
 
+def _tasks_version() -> str:
+    from c2t.eval import _metrics, _tasks
+
+    source = inspect.getsource(_tasks) + inspect.getsource(_metrics)
+    return hashlib.sha256(source.encode()).hexdigest()[:10]
+
+
 def _unit_key(data: _Dataset, spec: MethodSpec, cfg: BenchConfig, seed: int) -> str:
-    blob = {"data": data.sha256, "dataset": data.spec.describe(), "n_cells": data.adata.n_obs, "quick": data.quick,
+    blob = {"tasks_version": _tasks_version(), "data": data.sha256, "dataset": data.spec.describe(), "n_cells": data.adata.n_obs, "quick": data.quick,
             "method": method_version(spec), "tasks": cfg.tasks, "heads": cfg.heads, "seed": seed,
             "n_neighbors": cfg.n_neighbors, "c2t": _version()}
     return hashlib.sha256(json.dumps(blob, sort_keys=True, default=str).encode()).hexdigest()

@@ -10,8 +10,12 @@ A config is YAML (or a dict)::
         path: ../../../shared/data/pbmc3k_raw_seurat_labels.h5ad   # or any .h5ad, relative to the config file
         label_key: seurat_celltype
         batch_key: null
-        split: random            # random (stratified) | by_batch (whole batches held out)
+        split: random            # random (stratified) | by_batch (whole batches held out) | across (see below)
         test_size: 0.3           # random: fraction of cells; by_batch: fraction of batches (or test_batches:)
+      kang8_to_stim:             # across datasets: train on this file, test on the query, on the shared genes
+        dataset: kang8
+        split: across
+        query: kang_stim         # a named dataset or an .h5ad path (query_label_key: if its column differs)
     methods:
       pca: {n_comps: 50}
       random: {}
@@ -40,7 +44,7 @@ TASKS: dict[str, tuple[str, ...]] = {
 }
 METRICS: tuple[str, ...] = tuple(m for ms in TASKS.values() for m in ms)
 HEADS: tuple[str, ...] = ("knn", "logistic")
-SPLITS: tuple[str, ...] = ("random", "by_batch")
+SPLITS: tuple[str, ...] = ("random", "by_batch", "across")
 RUNNER_ARGS = ("seed", "cache_dir")
 
 # the real files beside the project (../shared/data, or $C2T_DATA): a dataset entry may just name one
@@ -57,7 +61,8 @@ KNOWN_DATASETS: dict[str, dict[str, Any]] = {
 
 _TOP_KEYS = {"name", "seeds", "quick_cells", "datasets", "methods", "tasks", "heads", "metrics", "cache_dir",
              "umap_cells", "n_neighbors"}
-_DATASET_KEYS = {"dataset", "path", "label_key", "batch_key", "split", "test_size", "test_batches", "max_cells"}
+_DATASET_KEYS = {"dataset", "path", "label_key", "batch_key", "split", "test_size", "test_batches", "max_cells",
+                 "query", "query_label_key"}
 
 
 @dataclass
@@ -72,11 +77,14 @@ class DatasetSpec:
     test_size: float = 0.3
     test_batches: list[str] | None = None
     max_cells: int | None = None
+    query: Path | None = None
+    query_label_key: str | None = None
 
     def describe(self) -> dict[str, Any]:
         return {"path": str(self.path), "label_key": self.label_key, "batch_key": self.batch_key,
                 "split": self.split, "test_size": self.test_size, "test_batches": self.test_batches,
-                "max_cells": self.max_cells}
+                "max_cells": self.max_cells, "query": str(self.query) if self.query else None,
+                "query_label_key": self.query_label_key}
 
 
 @dataclass
@@ -115,18 +123,19 @@ def _unknown(where: str, kind: str, name: Any, valid) -> None:
     _fail(where, f"unknown {kind} {name!r}; valid {kind}s are: {', '.join(sorted(valid))}")
 
 
-def _check_obs(spec: DatasetSpec, where: str) -> None:
+def _check_obs(spec: DatasetSpec, where: str, *, path: Path | None = None, keys=None) -> None:
     import anndata as ad
 
+    path = path or spec.path
     try:
-        adata = ad.read_h5ad(spec.path, backed="r")
+        adata = ad.read_h5ad(path, backed="r")
     except Exception as err:
-        _fail(where, f"{spec.path}: cannot be read as .h5ad ({type(err).__name__}: {err})")
+        _fail(where, f"{path}: cannot be read as .h5ad ({type(err).__name__}: {err})")
     try:
         columns = list(adata.obs.columns)
-        for key in (spec.label_key, spec.batch_key):
+        for key in keys or (spec.label_key, spec.batch_key):
             if key is not None and key not in columns:
-                _fail(where, f"{key!r} not found in obs of {spec.path.name}; columns are: {', '.join(columns)}")
+                _fail(where, f"{key!r} not found in obs of {path.name}; columns are: {', '.join(columns)}")
         if spec.split == "by_batch" and spec.test_batches:
             batches = set(adata.obs[spec.batch_key].astype(str))
             missing = [b for b in spec.test_batches if b not in batches]
@@ -170,6 +179,23 @@ def _dataset(name: str, entry: Any, base: Path) -> DatasetSpec:
         _unknown(where, "split", spec.split, SPLITS)
     if spec.split == "by_batch" and not spec.batch_key:
         _fail(where, "split: by_batch needs batch_key:")
+    if spec.split == "across":
+        query = entry.get("query")
+        if not query:
+            _fail(where, "split: across needs query: (a named dataset or an .h5ad path)")
+        query_label_key = entry.get("query_label_key")
+        if str(query) in KNOWN_DATASETS:
+            known = KNOWN_DATASETS[str(query)]
+            query_path = Path(os.environ.get("C2T_DATA") or DATA_DIR) / known["path"]
+            query_label_key = query_label_key or known["label_key"]
+        else:
+            query_path = Path(os.path.expandvars(os.path.expanduser(str(query))))
+            query_path = query_path if query_path.is_absolute() else base / query_path
+        if not query_path.is_file():
+            _fail(where, f"query {query_path}: no such file")
+        spec.query, spec.query_label_key = query_path.resolve(), str(query_label_key or spec.label_key)
+        _check_obs(spec, where, path=spec.query, keys=[spec.query_label_key])
+        spec.batch_key = None  # the batch is the source file: reference or query
     if not 0 < spec.test_size < 1:
         _fail(where, f"test_size must be between 0 and 1, not {spec.test_size}")
     if spec.test_batches is not None:
