@@ -1,11 +1,13 @@
-"""Instruction-tune a small model on pbmc3k cell type annotation (CPU, minutes) and print held-out accuracy
-against the majority-class baseline.
+"""Instruction-tune a small model on pbmc3k cell type annotation and conditional cell generation (CPU, minutes)
+and print held-out annotation accuracy against the majority-class baseline.
 
-Default: a tiny GPT-2 (random init, 2 layers x 64 dims) with SmolLM2's tokenizer retrained to 2,048 tokens on
-the training records plus every gene as a whole token, fully fine-tuned with c2t.train (TRL SFTTrainer, loss
-on the completion). ``--model smollm2``: LoRA on SmolLM2-135M-Instruct with its chat template (slower on a CPU).
+Default: a tiny GPT-2 (random init, 2 layers x 64 dims, 2 heads of 32 so vLLM's CPU kernels run it too) with
+SmolLM2's tokenizer retrained to 2,048 tokens on the training records plus every gene as a whole token, fully
+fine-tuned with c2t.train (TRL SFTTrainer, loss on the completion). ``--model smollm2``: LoRA on
+SmolLM2-135M-Instruct with its chat template (slower on a CPU). The run folder feeds
+``scripts/eval_generate_pbmc3k.py`` (generated cells vs real ones) and ``scripts/bench_generate.py``.
 
-    python scripts/tune_pbmc3k.py                        # ~2-4 min on 2 cores
+    python scripts/tune_pbmc3k.py --work bench_out/tune   # ~5 min on 2 cores
     python scripts/tune_pbmc3k.py --model smollm2 --epochs 1 --max-steps 150
 """
 
@@ -23,11 +25,10 @@ import numpy as np
 DATA = Path(__file__).resolve().parents[2] / "shared" / "data" / "pbmc3k_raw_seurat_labels.h5ad"
 
 
-def build_dataset(out: Path, top_k: int):
+def build_dataset(out: Path, top_k: int, tasks: list[str]):
     from c2t.instruct import build
 
-    return build(str(DATA), out=out, tasks="cell_type", top_k=top_k, label_key="seurat_celltype", drop_missing=True,
-                 seed=0)
+    return build(str(DATA), out=out, tasks=tasks, top_k=top_k, label_key="seurat_celltype", drop_missing=True, seed=0)
 
 
 def tiny_gpt2(folder: Path, dsd, cache: str | None) -> Path:
@@ -40,7 +41,7 @@ def tiny_gpt2(folder: Path, dsd, cache: str | None) -> Path:
     texts = [t for r in dsd["train"] for t in (r["prompt"], r["completion"])]
     tok = smollm2.train_new_from_iterator(texts, vocab_size=2048)
     torch.manual_seed(0)
-    model = GPT2LMHeadModel(GPT2Config(vocab_size=len(tok), n_positions=512, n_embd=64, n_layer=2, n_head=4,
+    model = GPT2LMHeadModel(GPT2Config(vocab_size=len(tok), n_positions=512, n_embd=64, n_layer=2, n_head=2,
                                        pad_token_id=tok.pad_token_id, eos_token_id=tok.eos_token_id,
                                        bos_token_id=tok.bos_token_id))
     model.save_pretrained(folder)
@@ -48,28 +49,11 @@ def tiny_gpt2(folder: Path, dsd, cache: str | None) -> Path:
     return folder
 
 
-def generate(model, tokenizer, prompts, *, chat: bool, batch_size: int = 32, max_new_tokens: int = 8) -> list[str]:
-    import torch
-
-    tokenizer.padding_side = "left"
-    answers = []
-    for i in range(0, len(prompts), batch_size):
-        batch = prompts[i:i + batch_size]
-        if chat:
-            batch = [tokenizer.apply_chat_template([{"role": "user", "content": p}], tokenize=False,
-                                                   add_generation_prompt=True) for p in batch]
-        enc = tokenizer(batch, return_tensors="pt", padding=True, add_special_tokens=not chat)
-        with torch.no_grad():
-            out = model.generate(**enc, max_new_tokens=max_new_tokens, do_sample=False,
-                                 pad_token_id=tokenizer.pad_token_id, eos_token_id=tokenizer.eos_token_id)
-        answers += tokenizer.batch_decode(out[:, enc["input_ids"].shape[1]:], skip_special_tokens=True)
-    return [a.strip().split("\n")[0] for a in answers]
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--model", choices=["tiny-gpt2", "smollm2"], default="tiny-gpt2")
     parser.add_argument("--top-k", type=int, default=20, help="genes per cell sentence")
+    parser.add_argument("--tasks", default="cell_type,generation", help="instruction tasks, comma-separated")
     parser.add_argument("--epochs", type=float, default=4)
     parser.add_argument("--max-steps", type=int, default=-1)
     parser.add_argument("--work", type=Path, default=None, help="scratch folder (default: a new temporary one)")
@@ -80,12 +64,13 @@ def main() -> None:
         raise SystemExit(f"{DATA} is absent")
 
     import c2t.train
+    from c2t.generate import Sampling, TransformersBackend
     from c2t.instruct import score
     from c2t.models import smollm2_hf
 
     work = args.work or Path(tempfile.mkdtemp(prefix="c2t_tune_"))
     t0 = time.perf_counter()
-    dsd = build_dataset(work / "pbmc3k_ct", args.top_k)
+    dsd = build_dataset(work / "pbmc3k_ct", args.top_k, [t.strip() for t in args.tasks.split(",") if t.strip()])
     smollm2 = args.model == "smollm2"
     base = smollm2_hf(args.cache) if smollm2 else tiny_gpt2(work / "tiny_gpt2", dsd, args.cache)
     cfg = {
@@ -99,11 +84,11 @@ def main() -> None:
     run = c2t.train.train(cfg)
     t_train = time.perf_counter() - t0
     manifest = c2t.train.read_run(run)
-    model, tokenizer = c2t.train.load_model(run)
-    test = dsd["test"]
-    answers = generate(model, tokenizer, test["prompt"], chat=smollm2)
+    test = dsd["test"].filter(lambda r: r["task"] == "cell_type")
+    with TransformersBackend(run) as engine:
+        answers = [g[0] for g in engine.complete(test["prompt"], sampling=Sampling(temperature=0, max_new_tokens=8))]
     result = score(test, answers)["per_task"]["cell_type"]
-    train_labels = Counter(dsd["train"]["label"])
+    train_labels = Counter(r["label"] for r in dsd["train"] if r["task"] == "cell_type")
     majority = train_labels.most_common(1)[0][0]
     baseline = float(np.mean([label == majority for label in test["label"]]))
     report = {

@@ -81,16 +81,19 @@ def test_generate_and_predict_through_the_server(lora_server, gen_run, pbmc3k):
 
 
 def test_vllm_offline_engine_with_the_lora_adapter(gen_run, prompts, reference, tmp_path):
-    file = tmp_path / "prompts.json"
-    file.write_text(json.dumps(prompts))
-    env = {**os.environ, "PYTHONPATH": str(Path(__file__).parents[1]), "HF_HUB_OFFLINE": "1",
+    sampled = {"max_new_tokens": 24, "seed": 3}
+    job = {"model": str(gen_run), "engine": {"dtype": "float32", "enforce_eager": True}, "jobs": [
+        {"name": "greedy", "prompts": prompts, "sampling": {"temperature": 0, "max_new_tokens": 24}},
+        {"name": "sampled", "prompts": prompts[:3], "n": [2, 1, 3], "sampling": sampled},
+        {"name": "again", "prompts": prompts[:3], "n": [2, 1, 3], "sampling": sampled}]}
+    (tmp_path / "job.json").write_text(json.dumps(job))
+    root = Path(__file__).parents[1]
+    env = {**os.environ, "PYTHONPATH": str(root), "HF_HUB_OFFLINE": "1",
            "VLLM_CPU_KVCACHE_SPACE": os.environ.get("VLLM_CPU_KVCACHE_SPACE", "1")}
-    script = Path(__file__).parent / "helpers" / "vllm_offline.py"
-    done = subprocess.run([vllm_python(), str(script), str(gen_run), str(file)], capture_output=True, text=True,
-                          env=env, timeout=900, check=False)
-    lines = [line for line in done.stdout.splitlines() if line.startswith("C2T-JSON ")]
-    assert done.returncode == 0 and lines, done.stderr[-3000:]
-    result = json.loads(lines[-1][len("C2T-JSON "):])
-    assert _agreement(result["greedy"], reference) >= 0.8
-    assert [len(g) for g in result["sampled"]] == [2, 1, 3]
-    assert result["sampled"] == result["sampled_again"]
+    done = subprocess.run([vllm_python(), str(root / "scripts" / "vllm_complete.py"), str(tmp_path / "job.json"),
+                           str(tmp_path / "out.json")], capture_output=True, text=True, env=env, timeout=900, check=False)
+    assert done.returncode == 0, done.stderr[-3000:]
+    results = json.loads((tmp_path / "out.json").read_text())["results"]
+    assert _agreement(results["greedy"]["completions"], reference) >= 0.8
+    assert [len(g) for g in results["sampled"]["completions"]] == [2, 1, 3]
+    assert results["sampled"]["completions"] == results["again"]["completions"]
