@@ -97,14 +97,22 @@ def cellama(adata, *, top_k: int = 32, metadata_keys: tuple[str, ...] = (), mode
                              cache_dir=cache_dir, copy=True).obsm["X_cellama"]
 
 
-def plm(adata, *, path: str | None = None) -> np.ndarray:
-    """A PLM encoder folder (from ``c2t pretrain``; see :func:`c2t.plm.load_encoder`)."""
-    if not path:
-        msg = "method plm needs path: (an encoder folder from `c2t pretrain`)"
-        raise C2TInputError(msg)
-    from c2t.plm import load_encoder
+def plm(adata, *, path: str | None = None, tokenizer: str = "geneformer", max_length: int = 256,
+        max_steps: int = 200, hidden_size: int = 128, num_layers: int = 2, seed: int = 0) -> np.ndarray:
+    """A PLM encoder: a folder from ``c2t pretrain`` (``path``), or else a small BERT pre-trained from scratch
+    on these cells for ``max_steps`` masked-gene steps with the ``tokenizer`` recipe (labels are not used).
 
-    return np.asarray(load_encoder(path).embed(adata), dtype=np.float32)
+    Needs torch and transformers (``pip install 'c2t[plm]'``).
+    """
+    from c2t.plm import load_encoder, pretrain
+
+    if path:
+        encoder = load_encoder(path)
+    else:
+        encoder = pretrain(adata, tokenizer=tokenizer, tokenizer_options={"max_length": max_length},
+                           max_steps=max_steps, hidden_size=hidden_size, num_layers=num_layers,
+                           intermediate_size=2 * hidden_size, seed=seed, validation_fraction=0.05)
+    return np.asarray(encoder.embed(adata), dtype=np.float32)
 
 
 METHODS: dict[str, Callable[..., np.ndarray]] = {
