@@ -288,3 +288,19 @@ def test_split_across_datasets_trains_on_the_reference_and_tests_on_the_query(ti
     with pytest.raises(C2TInputError, match=r"'cell_type' not found in obs of query\.h5ad"):
         run_benchmark({**config, "datasets": {"tiny": {**config["datasets"]["tiny"], "query_label_key": None}}},
                       tmp_path / "out2")
+
+
+@pytest.mark.slow
+def test_report_draws_a_umap_per_embedding_coloured_by_label_and_batch(tiny_h5ad, tmp_path):
+    import base64
+    import re
+
+    from c2t.eval import write_report
+
+    out = tmp_path / "out"
+    run_benchmark(tiny_config(tiny_h5ad, seeds=[0], tasks=["annotation"]), out, report=False)
+    page = write_report(out).read_text()
+    images = re.findall(r'src="data:image/png;base64,([^"]+)"', page)
+    assert len(images) == 3  # metric bars, UMAPs, confusion matrices
+    assert all(base64.b64decode(image).startswith(b"\x89PNG") for image in images)
+    assert 'alt="tiny UMAPs"' in page

@@ -195,7 +195,8 @@ def batch_silhouette(X, labels, batches) -> float:
 
 def batch_entropy(X, batches, *, n_neighbors: int = 15) -> float:
     """Mean entropy of the batches among each cell's ``n_neighbors`` nearest cells, divided by log(#batches)
-    (1: neighbourhoods as mixed as possible, 0: every neighbourhood one batch).
+    (0: every neighbourhood one batch; 1: every neighbourhood holds all batches equally). With batches of
+    unequal size even a perfect mix stays below 1, so compare methods on the same data only.
 
     Examples
     --------
