@@ -111,21 +111,30 @@ def predict_command(
     device: Device = None,
     report: Annotated[Path | None, typer.Option(help="Also write the metrics as JSON here.")] = None,
 ) -> None:
-    """Annotate cells by generation with a tuned model; report accuracy and macro-F1 when labels exist."""
+    """Annotate cells by generation with a tuned model (accuracy and macro-F1 when labels exist), or predict
+    perturbed cells from control cells (--task perturbation: the output holds the predicted cells)."""
     from rich.console import Console
 
     from c2t._atomic import write_text_atomic
-    from c2t.generate import Sampling, predict
+    from c2t.generate import CELL_TASKS, predict, predict_cells
     from c2t.io import read_h5ad
 
     try:
         adata = read_h5ad(data)
         settings = _sampling(sampling, batch_size=batch_size)
-        if isinstance(settings, dict):
-            settings = Sampling(temperature=0.0, max_new_tokens=32, **settings)
-        result = predict(model, adata, task=task, label_key=label_key, backend=backend, base_url=base_url,
-                         served_model=served_model, sampling=settings, key_added=key_added,
-                         backend_options=_backend_options(backend, device))
+        options = {"backend": backend, "base_url": base_url, "served_model": served_model, "sampling": settings,
+                   "backend_options": _backend_options(backend, device)}
+        if task in CELL_TASKS:
+            cells = predict_cells(model, adata, task=task, **options)
+            _write_h5ad(cells, out)
+            result = {k: v for k, v in cells.uns["c2t_predict"].items() if k != "decode"}
+            if report is not None:
+                write_text_atomic(report, json.dumps(result, indent=2) + "\n")
+            Console().print(f"[green]wrote[/] {out}: {result['n_cells']} predicted cells; gene overlap with the real "
+                            f"perturbed cells {result['mean_overlap']:.3f} (unchanged control: "
+                            f"{result['mean_control_overlap']:.3f})", highlight=False)
+            return
+        result = predict(model, adata, task=task, label_key=label_key, key_added=key_added, **options)
         _write_h5ad(adata, out)
         if report is not None:
             write_text_atomic(report, json.dumps(result, indent=2) + "\n")

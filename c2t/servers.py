@@ -59,7 +59,7 @@ class VLLMServer:
     """
 
     def __init__(self, model: str | os.PathLike, *, name: str = "model", runner: str = "generate",
-                 max_model_len: int = 2048, extra_args: list[str] | None = None, python: str | None = None,
+                 max_model_len: int | None = 2048, extra_args: list[str] | None = None, python: str | None = None,
                  startup_timeout: float = 900.0, port: int | None = None) -> None:
         self.model = Path(model)
         if not self.model.exists():
@@ -75,7 +75,8 @@ class VLLMServer:
         self.startup_timeout = startup_timeout
         self.args = [
             self.python, "-m", "vllm.entrypoints.openai.api_server", "--host", "127.0.0.1", "--port", str(self.port),
-            "--model", str(self.model), "--served-model-name", name, "--max-model-len", str(max_model_len),
+            "--model", str(self.model), "--served-model-name", name,
+            *(["--max-model-len", str(max_model_len)] if max_model_len is not None else []),
             "--dtype", "float32", "--enforce-eager", *(["--runner", runner] if runner != "generate" else []),
             *(extra_args or []),
         ]

@@ -15,6 +15,17 @@ from c2t.generate._run import RunInfo, read_run_info
 from c2t.generate._sampling import Sampling
 
 
+def storable(texts: list[str]) -> list[str]:
+    """Texts without NUL characters (HDF5 strings cannot hold them; an untrained model can emit them).
+
+    Examples
+    --------
+    >>> storable(["CD3D\x00 IL7R"])
+    ['CD3D IL7R']
+    """
+    return [t.replace("\x00", "") for t in texts]
+
+
 def parse_labels(spec: str | Mapping[str, int]) -> dict[str, int]:
     """``"CD14+ Mono:500,B:200"`` (or a mapping) -> ``{"CD14+ Mono": 500, "B": 200}``.
 
@@ -172,7 +183,7 @@ def generate_cells(
     finally:
         if not isinstance(backend, Backend):
             engine.close()
-    texts = [t for group in completions for t in group]
+    texts = storable([t for group in completions for t in group])
     assert len(texts) == len(conditions)
     import pandas as pd
 

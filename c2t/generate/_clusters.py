@@ -13,6 +13,7 @@ import numpy as np
 
 from c2t._errors import C2TInputError
 from c2t.generate._backends import Backend, OpenAIBackend
+from c2t.generate._cells import storable
 from c2t.generate._predict import UNKNOWN, match_labels
 from c2t.generate._sampling import Sampling
 
@@ -134,7 +135,7 @@ def annotate_clusters(
     markers = {c: [str(g) for g in names[c][:n_markers]] for c in clusters}
     prompts = [cluster_prompt(markers[c], tissue=tissue, labels=labels) for c in clusters]
     try:
-        answers = [group[0] for group in engine.complete(prompts, sampling=settings, n=1)]
+        answers = storable([group[0] for group in engine.complete(prompts, sampling=settings, n=1)])
     finally:
         if backend is None:
             engine.close()

@@ -13,12 +13,15 @@ import numpy as np
 
 from c2t._errors import C2TInputError
 from c2t.generate._backends import Backend, open_backend
+from c2t.generate._cells import storable
 from c2t.generate._run import read_run_info
 from c2t.generate._sampling import Sampling
 
 UNKNOWN = "unknown"
 #: Tasks whose answer is a label, answered one cell at a time.
 LABEL_TASKS = ("cell_type", "drug_response", "metadata")
+#: Tasks whose answer is a cell (a cell sentence), predicted from other cells.
+CELL_TASKS = ("perturbation",)
 
 
 def match_labels(answers: Iterable[str], labels: Sequence[str], *, synonyms: Mapping[str, Iterable[str]] | None = None,
@@ -68,10 +71,27 @@ def match_labels(answers: Iterable[str], labels: Sequence[str], *, synonyms: Map
     return out
 
 
+def _build_records(adata, info, task: str, params: dict[str, Any], seed: int, columns: list[str]) -> dict[str, list]:
+    from c2t.instruct import build
+
+    with tempfile.TemporaryDirectory(prefix="c2t-predict-") as tmp:
+        dsd = build(adata, out=f"{tmp}/records", tasks=[{"task": task, **params}], top_k=info.top_k, seed=seed,
+                    split=(1.0, 0.0, 0.0), stratify=None, formats=["prompt_completion"], separator=info.separator,
+                    drop_missing=True, examples_per_task=0)
+        return dsd["train"].select_columns(columns).to_dict()
+
+
+def _task_params(info, task: str) -> dict[str, Any]:
+    params = dict(info.task_entry(task).get("params") or {})
+    params.pop("weight", None)
+    params.pop("top_k", None)
+    return params
+
+
 def _records(adata, info, task: str, params: dict[str, Any], seed: int):
     """The input's prompts, rendered by c2t.instruct.build with the run's task settings; ``(prompts, cell ids,
     true labels or None)``."""
-    from c2t.instruct import TASKS, build
+    from c2t.instruct import TASKS
 
     task_obj = TASKS[task](**params)
     key = task_obj.label_key
@@ -80,12 +100,14 @@ def _records(adata, info, task: str, params: dict[str, Any], seed: int):
         adata = adata.copy() if not adata.isbacked else adata.to_memory()
         known = info.labels(task)
         adata.obs[key] = known[0] if known else "?"
-    with tempfile.TemporaryDirectory(prefix="c2t-predict-") as tmp:
-        dsd = build(adata, out=f"{tmp}/records", tasks=[{"task": task, **params}], top_k=info.top_k, seed=seed,
-                    split=(1.0, 0.0, 0.0), stratify=None, formats=["prompt_completion"], separator=info.separator,
-                    drop_missing=True, examples_per_task=0)
-        records = dsd["train"].select_columns(["prompt", "cell_id", "label"]).to_dict()
+    records = _build_records(adata, info, task, params, seed, ["prompt", "cell_id", "label"])
     return records["prompt"], records["cell_id"], (records["label"] if labelled else None), key
+
+
+def _check_trained(info, task: str) -> None:
+    if task not in info.tasks:
+        msg = f"{info.spec.path}: the run was not trained on the {task} task (its tasks: {', '.join(info.tasks) or 'none'})"
+        raise C2TInputError(msg)
 
 
 def predict(
@@ -138,14 +160,11 @@ def predict(
 
     info = read_run_info(model)
     if task not in LABEL_TASKS:
-        msg = f"predict answers label tasks ({', '.join(LABEL_TASKS)}), not {task!r}; use generate_cells for cells"
+        msg = (f"predict answers label tasks ({', '.join(LABEL_TASKS)}), not {task!r}; "
+               f"use predict_cells for {', '.join(CELL_TASKS)}")
         raise C2TInputError(msg)
-    if task not in info.tasks:
-        msg = f"{info.spec.path}: the run was not trained on the {task} task (its tasks: {', '.join(info.tasks) or 'none'})"
-        raise C2TInputError(msg)
-    params = dict(info.task_entry(task).get("params") or {})
-    params.pop("weight", None)
-    params.pop("top_k", None)
+    _check_trained(info, task)
+    params = _task_params(info, task)
     if label_key is not None:
         params["response_key" if task == "drug_response" else "label_key"] = label_key
     settings = Sampling(temperature=0.0, max_new_tokens=32) if sampling is None else (
@@ -159,7 +178,7 @@ def predict(
     engine = backend if isinstance(backend, Backend) else open_backend(
         backend, info.spec, base_url=base_url, served_model=served_model, **dict(backend_options or {}))
     try:
-        answers = [group[0] for group in engine.complete(prompts, sampling=settings, n=1)]
+        answers = storable([group[0] for group in engine.complete(prompts, sampling=settings, n=1)])
     finally:
         if not isinstance(backend, Backend):
             engine.close()
@@ -195,3 +214,94 @@ def predict(
         )
     adata.uns[key_added] = {k: v for k, v in report.items() if k != "labels"}
     return report
+
+
+def predict_cells(
+    model: str | os.PathLike,
+    adata,
+    *,
+    task: str = "perturbation",
+    backend: str | Backend = "transformers",
+    sampling: Sampling | Mapping[str, Any] | None = None,
+    base_url: str | None = None,
+    served_model: str | None = None,
+    backend_options: Mapping[str, Any] | None = None,
+    seed: int = 0,
+):
+    """Predict cells from cells (perturbation: a control cell + the perturbed gene -> the perturbed cell).
+
+    Every perturbed cell of ``adata`` is paired with a control cell exactly as the run's dataset was built (same
+    perturbation column, control value and matching column); the model writes the perturbed cell's sentence,
+    which is decoded into expression and scored against the real perturbed cell's sentence.
+
+    Parameters
+    ----------
+    model
+        A c2t training run trained on ``task``.
+    adata
+        Control and perturbed cells.
+    task
+        ``"perturbation"``.
+    backend, sampling, base_url, served_model, backend_options
+        As in :func:`generate_cells` (sampling defaults to greedy).
+    seed
+        Seeds the ranking tie-break, the control pairing and the templates.
+
+    Returns
+    -------
+    anndata.AnnData
+        The predicted cells, decoded (as :func:`generate_cells`), with ``obs``: ``perturbation``, ``cell_id`` (the
+        real perturbed cell), ``control_cell_id``, ``c2t_text``, and per cell ``overlap`` / ``precision`` (share
+        of the real cell's genes predicted / of the predicted genes in the real cell) and ``control_overlap`` (the
+        same for the unchanged control sentence: the "no effect" baseline). ``uns["c2t_predict"]`` holds the means.
+    """
+    import pandas as pd
+
+    from c2t.instruct import score_generation
+    from c2t.sentences import decode
+
+    info = read_run_info(model)
+    if task not in CELL_TASKS:
+        msg = f"predict_cells predicts {', '.join(CELL_TASKS)}, not {task!r}; use predict for label tasks"
+        raise C2TInputError(msg)
+    _check_trained(info, task)
+    settings = Sampling(temperature=0.0, max_new_tokens=3 * (info.top_k or 100) + 16) if sampling is None else (
+        sampling if isinstance(sampling, Sampling) else Sampling.from_mapping(
+            {"temperature": 0.0, "max_new_tokens": 3 * (info.top_k or 100) + 16, **dict(sampling)}))
+    records = _build_records(adata, info, task, _task_params(info, task), seed,
+                             ["prompt", "completion", "cell_id", "control_cell_id", "label"])
+    engine = backend if isinstance(backend, Backend) else open_backend(
+        backend, info.spec, base_url=base_url, served_model=served_model, **dict(backend_options or {}))
+    try:
+        texts = storable([group[0] for group in engine.complete(records["prompt"], sampling=settings, n=1)])
+    finally:
+        if not isinstance(backend, Backend):
+            engine.close()
+    vocabulary = info.vocabulary()
+    vocab = set(vocabulary)
+    position = {c: i for i, c in enumerate(adata.obs_names.astype(str))}
+    controls = _sentences_of(adata, info, [position[c] for c in records["control_cell_id"]], seed)
+    scores = [score_generation(t, truth, vocabulary=vocab) for t, truth in zip(texts, records["completion"], strict=True)]
+    baseline = [score_generation(c, truth, vocabulary=vocab) for c, truth in zip(controls, records["completion"], strict=True)]
+    obs = pd.DataFrame({
+        "perturbation": pd.Categorical(records["label"]), "cell_id": records["cell_id"],
+        "control_cell_id": records["control_cell_id"], "c2t_text": texts,
+        "overlap": [s["overlap"] for s in scores], "precision": [s["precision"] for s in scores],
+        "control_overlap": [s["overlap"] for s in baseline],
+    }, index=pd.Index([f"predicted_{i}" for i in range(len(texts))]))
+    cells = decode(texts, model=(vocabulary, info.inverse_model()), delimiter=None, obs=obs)
+    cells.uns["c2t_predict"] = {
+        "task": task, "model": str(info.spec.path), "backend": engine.name, "n_cells": len(texts),
+        "mean_overlap": float(obs["overlap"].mean()), "mean_precision": float(obs["precision"].mean()),
+        "mean_control_overlap": float(obs["control_overlap"].mean()),
+        "decode": cells.uns.pop("c2t_decode"),
+    }
+    return cells
+
+
+def _sentences_of(adata, info, rows: list[int], seed: int) -> list[str]:
+    """The run-style cell sentences (top-k, same tie-break seed) of ``adata``'s cells at ``rows``."""
+    from c2t.sentences import from_adata
+
+    texts = from_adata(adata, top_k=info.top_k, seed=seed).texts()
+    return [texts[r] for r in rows]

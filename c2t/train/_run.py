@@ -309,7 +309,10 @@ def write_loss_logs(out: Path, log_history: Sequence[Mapping[str, Any]], *, plot
             ax.plot(*zip(*points, strict=True), style, label=key.replace("_", " "))
     ax.set_xlabel("step")
     ax.set_ylabel("loss")
-    ax.legend()
+    if ax.lines:
+        ax.legend()
+    else:  # a run shorter than logging_steps logs no loss
+        ax.text(0.5, 0.5, "no loss logged (fewer steps than logging_steps)", ha="center", transform=ax.transAxes)
     ax.set_title(out.name)
     fig.tight_layout()
     with atomic_path(out / LOSS_PNG) as tmp:
