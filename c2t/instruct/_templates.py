@@ -19,14 +19,22 @@ from __future__ import annotations
 import hashlib
 import os
 import string
+import sys
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
 from c2t._errors import C2TInputError
 
-#: The prompts folder of a source checkout (the project's top-level ``prompts/``).
-PROMPTS_DIR = Path(__file__).resolve().parents[2] / "prompts"
+
+def _installed_prompts() -> Path:
+    """The project's top-level ``prompts/`` in a source checkout, else the copy a wheel installs."""
+    checkout = Path(__file__).resolve().parents[2] / "prompts"
+    return checkout if checkout.is_dir() else Path(sys.prefix) / "share" / "c2t" / "prompts"
+
+
+#: The prompts folder: the checkout's ``prompts/``, or ``<prefix>/share/c2t/prompts`` for a wheel install.
+PROMPTS_DIR = _installed_prompts()
 
 
 @dataclass(frozen=True)
