@@ -74,10 +74,10 @@ def bar_charts(summary: pd.DataFrame, dataset: str):
 
 
 def _umap(X: np.ndarray, seed: int = 0) -> np.ndarray:
-    import umap
-
     with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
+        warnings.simplefilter("ignore")  # umap-learn warns on import (no tensorflow) and about n_jobs with a seed
+        import umap
+
         n = min(15, len(X) - 1)
         return umap.UMAP(n_neighbors=n, random_state=seed, n_jobs=1).fit_transform(X.astype(np.float32))
 
