@@ -226,7 +226,6 @@ def test_cli_bench(tiny_h5ad, tmp_path):
     assert not (tmp_path / "r2").exists()
 
 
-@pytest.mark.slow
 def test_pbmc3k_random_control_at_chance_and_pca_well_above(tmp_path):
     if not PBMC3K.is_file():
         pytest.skip(f"{PBMC3K} is absent")
