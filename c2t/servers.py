@@ -80,6 +80,10 @@ class VLLMServer:
             "--dtype", "float32", "--enforce-eager", *(["--runner", runner] if runner != "generate" else []),
             *(extra_args or []),
         ]
+        if not any(a.endswith("enable-chunked-prefill") for a in self.args):
+            # seeded requests (c2t seeds every one) fail on a CPU when a prefill is chunked: torch's CPU generators
+            # cannot rewind ("CPU Generator does not use offset")
+            self.args.append("--no-enable-chunked-prefill")
         self.log_dir = Path(tempfile.mkdtemp(prefix="c2t-vllm-"))
         self.log_path = self.log_dir / "server.log"
         self.process: subprocess.Popen | None = None

@@ -269,6 +269,10 @@ class VLLMBackend(Backend):
         from vllm.lora.request import LoRARequest
 
         options: dict[str, Any] = {"dtype": dtype, "seed": 0, **engine_options}
+        from vllm.platforms import current_platform
+
+        if current_platform.is_cpu():  # a chunked prefill rewinds each seeded request's generator: CPU ones cannot
+            options.setdefault("enable_chunked_prefill", False)
         if max_model_len is not None:
             options["max_model_len"] = max_model_len
         self.lora = None
