@@ -88,5 +88,34 @@ def run_demo(out: Path) -> dict:
     table.add_row("c2t monotone per-rank mean", f"{figures['pearson_c2t_monotone']:.3f}", f"{figures['r2_monotone']:.3f}")
     table.add_row("Cell2Sentence log-linear", f"{figures['pearson_log_linear_c2s_recipe']:.3f}", f"{figures['r2_log_linear']:.3f}")
     console.print(table)
-    console.print(f"[green]done[/]: outputs in {out}/ (decoded cells: {out / 'decoded.h5ad'})")
+    figures.update(_demo_bench(data, out / "bench", console))
+    console.print(f"[green]done[/]: outputs in {out}/ (decoded cells: {out / 'decoded.h5ad'}, benchmark report: "
+                  f"{out / 'bench' / 'report.html'})")
     return figures
+
+
+def _demo_bench(data: Path, out: Path, console) -> dict:
+    """A short ``c2t bench``: PCA against the random control on the demo cells (kNN and logistic annotation,
+    clustering; two seeds). The full benchmark adds GenePT, CELLama, LLM and PLM methods (README)."""
+    from rich.table import Table
+
+    from c2t.eval import run_benchmark
+
+    config = {"name": "demo", "seeds": [0, 1],
+              "datasets": {"pbmc68k_reduced": {"path": str(data), "label_key": "cell_type", "split": "random",
+                                               "test_size": 0.3}},
+              "methods": {"pca": {"n_comps": 30}, "random": {"dim": 30}},
+              "tasks": ["annotation", "clustering"], "heads": ["knn", "logistic"]}
+    rows = run_benchmark(config, out)
+    table = Table(title="5. benchmark: PCA vs the random control (mean over 2 seeds; report.html has the plots)")
+    metrics = ["knn_accuracy", "knn_macro_f1", "logistic_accuracy", "ari"]
+    table.add_column("method")
+    for metric in metrics:
+        table.add_column(metric, justify="right")
+    name = rows["head"].fillna("").astype(str).str.cat(rows["metric"].astype(str), sep="_").str.lstrip("_")
+    means = rows.assign(name=name).groupby(["method", "name"])["value"].mean()
+    for method in ("pca", "random"):
+        table.add_row(method, *(f"{means.get((method, m), float('nan')):.3f}" for m in metrics))
+    console.print(table)
+    return {f"bench_{method}_{m}": float(means.get((method, m), float("nan"))) for method in ("pca", "random")
+            for m in metrics}

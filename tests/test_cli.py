@@ -153,3 +153,7 @@ def test_demo_main_job(tmp_path):
     decoded = ad.read_h5ad(tmp_path / "demo" / "decoded.h5ad")
     assert decoded.shape == (700, 765) and decoded.uns["c2t_decode"]["n_unknown"] == 0
     assert "Pearson" in result.output
+    bench = pd.read_csv(tmp_path / "demo" / "bench" / "results.csv")
+    knn = bench[(bench["head"] == "knn") & (bench["metric"] == "accuracy")].groupby("method")["value"].mean()
+    assert knn["pca"] > 0.6 and knn["random"] < 0.45  # the classical baseline well above the random control
+    assert (tmp_path / "demo" / "bench" / "report.html").stat().st_size > 10_000

@@ -115,6 +115,16 @@ def plm(adata, *, path: str | None = None, tokenizer: str = "geneformer", max_le
     return np.asarray(encoder.embed(adata), dtype=np.float32)
 
 
+def llm(adata, *, model: str, layer: int = -1, top_k: int | None = None, batch_size: int = 16,
+        seed: int = 0) -> np.ndarray:
+    """Hidden-state embeddings of a (tuned) language model: masked mean of one layer over each cell sentence's
+    tokens (:func:`c2t.generate.embed_hidden`); ``model`` is a c2t run, merged model or Hugging Face folder."""
+    from c2t.generate import embed_hidden
+
+    return embed_hidden(model, adata, layer=layer, top_k=top_k, batch_size=batch_size, seed=seed,
+                        copy=True).obsm["X_c2t_llm"]
+
+
 METHODS: dict[str, Callable[..., np.ndarray]] = {
     "pca": pca,
     "random": random,
@@ -122,4 +132,5 @@ METHODS: dict[str, Callable[..., np.ndarray]] = {
     "genept_s": genept_s,
     "cellama": cellama,
     "plm": plm,
+    "llm": llm,
 }
