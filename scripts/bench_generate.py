@@ -84,6 +84,8 @@ def main() -> None:
                  "mean_words_per_cell": round(float(np.mean([len(t.split()) for g in gen for t in g])), 1)}
         report["backends"][name] = entry
         print(name, json.dumps(entry), flush=True)
+        args.out.parent.mkdir(parents=True, exist_ok=True)
+        args.out.write_text(json.dumps(report, indent=2) + "\n")  # kept up to date: a later backend may fail
 
     if "transformers" in backends:
         start = time.perf_counter()
@@ -132,7 +134,7 @@ def main() -> None:
         start = time.perf_counter()
         with VLLMServer(model, name="base" if spec.is_adapter else name, max_model_len=None, extra_args=extra) as server:
             load_s = time.perf_counter() - start
-            engine = OpenAIBackend(server.base_url, name, spec=spec)
+            engine = OpenAIBackend(server.base_url, name, spec=spec, timeout=1800)
             start = time.perf_counter()
             gen = engine.complete(gen_prompts, sampling=gen_sampling, n=counts)
             gen_s = time.perf_counter() - start

@@ -312,3 +312,29 @@ def test_predict_perturbed_cells_scores_them_against_the_real_ones(perturb_run, 
     assert result.exit_code == 0, result.output
     assert read_h5ad(tmp_path / "pred.h5ad").n_obs == cells.n_obs
     assert "(unchanged control:" in " ".join(result.output.split())
+
+
+def test_predict_drug_response_uses_the_runs_task_settings(tmp_path_factory, vllm_llama):
+    """A drug-response run: prompts name the drug from the run's settings; answers map onto sensitive/resistant
+    (with the built-in synonyms); metrics are scikit-learn's over the response column."""
+    from sklearn.metrics import accuracy_score
+
+    from c2t.instruct import toy_adata
+    from c2t.train import train
+
+    folder = tmp_path_factory.mktemp("drug")
+    from c2t.instruct import build
+
+    build(toy_adata(), out=folder / "ds", top_k=8,
+          tasks=[{"task": "drug_response", "response_key": "response", "drug_key": "treatment"}])
+    run = train({"dataset": str(folder / "ds"), "base_model": str(vllm_llama), "output_dir": str(folder / "run"),
+                 "method": "lora", "lora_r": 8, "max_steps": 4, "per_device_train_batch_size": 8,
+                 "learning_rate": 3e-3, "eval_split": None, "max_length": 256, "format": "messages"})
+    adata = toy_adata()
+    report = predict(run, adata, task="drug_response")
+    assert report["labels"] == ["sensitive", "resistant"] and report["label_key"] == "response"
+    pred = adata.obs["c2t_drug_response"].astype(str)
+    assert set(pred) <= {"sensitive", "resistant", "unknown"}
+    assert report["accuracy"] == pytest.approx(accuracy_score(adata.obs["response"].astype(str), pred))
+    assert match_labels(["Resistance.", "the cell is susceptible"], report["labels"],
+                        synonyms={"sensitive": ["susceptible"], "resistant": ["resistance"]}) == ["resistant", "sensitive"]

@@ -338,7 +338,7 @@ class OpenAIBackend(Backend):
     name = "openai"
 
     def __init__(self, base_url: str, model: str, *, chat: bool | None = None, spec: ModelSpec | None = None,
-                 api_key_env: str = "OPENAI_API_KEY", max_retries: int = 2, timeout: float = 120.0) -> None:
+                 api_key_env: str = "OPENAI_API_KEY", max_retries: int = 2, timeout: float = 600.0) -> None:
         try:
             from openai import OpenAI
         except ImportError:
