@@ -242,7 +242,7 @@ def load_config(config: str | os.PathLike | dict[str, Any], *, base: str | os.Pa
     >>> load_config({"datasets": {}, "methods": {"umap": {}}, "tasks": ["annotation"]})
     Traceback (most recent call last):
     ...
-    c2t._errors.C2TInputError: methods.umap: unknown method 'umap'; valid methods are: cellama, genept_s, genept_w, pca, plm, random
+    c2t._errors.C2TInputError: methods.umap: unknown method 'umap'; valid methods are: cellama, genept_s, genept_w, llm, pca, plm, random
     """
     if isinstance(config, dict):
         raw, base_dir = dict(config), Path(base or ".")

@@ -20,7 +20,7 @@ def storable(texts: list[str]) -> list[str]:
 
     Examples
     --------
-    >>> storable(["CD3D\x00 IL7R"])
+    >>> storable(["CD3D" + chr(0) + " IL7R"])
     ['CD3D IL7R']
     """
     return [t.replace("\x00", "") for t in texts]
