@@ -338,3 +338,29 @@ def test_predict_drug_response_uses_the_runs_task_settings(tmp_path_factory, vll
     assert report["accuracy"] == pytest.approx(accuracy_score(adata.obs["response"].astype(str), pred))
     assert match_labels(["Resistance.", "the cell is susceptible"], report["labels"],
                         synonyms={"sensitive": ["susceptible"], "resistant": ["resistance"]}) == ["resistant", "sensitive"]
+
+
+def test_benchmark_scores_annotation_by_generation_like_predict(gen_run, pbmc3k, tmp_path):
+    """``llm_generate`` in ``c2t bench``: the tuned run labels the test cells itself; its rows equal a direct
+    predict() on the same split, next to an embedding method."""
+    from sklearn.metrics import accuracy_score
+
+    from c2t.eval import run_benchmark, split_random
+
+    cells = pbmc3k[pbmc3k.obs["seurat_celltype"].notna().to_numpy()]
+    cells = cells[np.random.default_rng(3).choice(cells.n_obs, 120, replace=False)].copy()
+    cells.write_h5ad(tmp_path / "cells.h5ad")
+    config = {"seeds": [0], "datasets": {"pbmc": {"path": str(tmp_path / "cells.h5ad"), "label_key": "seurat_celltype",
+                                                  "split": "random", "test_size": 0.3}},
+              "methods": {"pca": {"n_comps": 10}, "tuned": {"method": "llm_generate", "model": str(gen_run)}},
+              "tasks": ["annotation", "clustering"], "heads": ["knn"]}
+    rows = run_benchmark(config, tmp_path / "bench", report=False)
+    tuned = rows[rows["method"] == "tuned"]
+    assert set(tuned["status"]) == {"ok"} and set(tuned["head"]) == {"generation"}
+    assert set(tuned["task"]) == {"annotation"}  # no embedding: no clustering rows
+    _, test = split_random(cells.obs["seurat_celltype"].astype(str).to_numpy(), test_size=0.3, seed=0)
+    direct = cells[test].copy()
+    predict(gen_run, direct, key_added="p")
+    value = tuned.loc[tuned["metric"] == "accuracy", "value"].item()
+    assert value == pytest.approx(accuracy_score(direct.obs["seurat_celltype"].astype(str), direct.obs["p"].astype(str)))
+    assert {"pca"} < set(rows["method"]) and (rows.loc[rows["method"] == "pca", "head"] == "knn").any()

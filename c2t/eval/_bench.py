@@ -25,7 +25,7 @@ import pandas as pd
 from c2t._atomic import atomic_path, write_text_atomic
 from c2t._errors import C2TInputError
 from c2t.eval._config import BenchConfig, DatasetSpec, MethodSpec, load_config
-from c2t.eval._methods import METHODS
+from c2t.eval._methods import LABEL_METHODS, METHODS
 
 ROW_COLUMNS = ["dataset", "dataset_sha256", "n_cells", "split", "split_detail", "method", "method_version",
                "c2t_version", "seed", "task", "head", "metric", "label", "value", "status", "error", "embed_s"]
@@ -39,7 +39,7 @@ def _version() -> str:
 
 def method_version(spec: MethodSpec) -> str:
     """A short hash of the method function's source and the options: changes when either does."""
-    source = inspect.getsource(METHODS[spec.method])
+    source = inspect.getsource({**METHODS, **LABEL_METHODS}[spec.method])
     blob = json.dumps({"source": source, "options": spec.options}, sort_keys=True, default=str)
     return f"{spec.method}-{hashlib.sha256(blob.encode()).hexdigest()[:10]}"
 
@@ -141,6 +141,24 @@ def _call_method(spec: MethodSpec, adata, *, seed: int, cache_dir) -> np.ndarray
     return X
 
 
+def _label_unit(spec: MethodSpec, data: _Dataset, cfg: BenchConfig, seed: int) -> tuple[list[dict], dict, str]:
+    """A label method answers the test cells itself: annotation records (head ``"generation"``) only."""
+    from c2t.eval._tasks import label_rows
+
+    _, test, detail = data.split(seed)
+    fn = LABEL_METHODS[spec.method]
+    extra = {"seed": seed} if "seed" in inspect.signature(fn).parameters else {}
+    predicted = np.asarray(fn(data.adata[test].copy(), **spec.options, **extra)).astype(str)
+    if predicted.shape != (len(test),):
+        msg = f"method {spec.name} returned {predicted.shape} labels for {len(test)} test cells"
+        raise C2TInputError(msg)
+    truth = np.asarray(data.labels[test]).astype(str)
+    rows = label_rows(truth, predicted, head="generation") if "annotation" in cfg.tasks else []
+    if cfg.metrics is not None:
+        rows = [r for r in rows if r["metric"] in cfg.metrics]
+    return rows, {"generation": {"truth": truth.tolist(), "predicted": predicted.tolist()}}, detail
+
+
 def _evaluate(X: np.ndarray, data: _Dataset, cfg: BenchConfig, seed: int) -> tuple[list[dict], dict, str]:
     from c2t.eval import _tasks
 
@@ -216,7 +234,8 @@ def run_benchmark(
         for mname, mspec in cfg.methods.items():
             folder = out / "cache" / dname / mname
             memo: np.ndarray | None = None  # a method without a seed gives the same embedding for every seed
-            takes_seed = "seed" in inspect.signature(METHODS[mspec.method]).parameters
+            labels_only = mspec.method in LABEL_METHODS
+            takes_seed = labels_only or "seed" in inspect.signature(METHODS[mspec.method]).parameters
             for i, seed in enumerate(cfg.seeds):
                 path = folder / f"seed{seed}.json"
                 key = _unit_key(data, mspec, cfg, seed)
@@ -231,15 +250,20 @@ def run_benchmark(
                         "c2t_version": _version(), "seed": seed}
                 start = time.perf_counter()
                 try:
-                    if memo is None or takes_seed:
-                        memo = _call_method(mspec, data.adata, seed=seed, cache_dir=cache_dir)
-                    X = memo
-                    embed_s = time.perf_counter() - start
-                    found, predictions, detail = _evaluate(X, data, cfg, seed)
+                    X = None
+                    if labels_only:  # the method labels the test cells itself
+                        found, predictions, detail = _label_unit(mspec, data, cfg, seed)
+                        embed_s = time.perf_counter() - start
+                    else:
+                        if memo is None or takes_seed:
+                            memo = _call_method(mspec, data.adata, seed=seed, cache_dir=cache_dir)
+                        X = memo
+                        embed_s = time.perf_counter() - start
+                        found, predictions, detail = _evaluate(X, data, cfg, seed)
                     rows = [{**base, "split_detail": detail, **r, "status": "ok", "error": "",
                              "embed_s": round(embed_s, 2)} for r in found]
                     unit = {"key": key, "status": "ok", "rows": rows, "predictions": predictions if i == 0 else {}}
-                    if i == 0:
+                    if i == 0 and X is not None:
                         _save_embedding(folder, X, data, cfg.umap_cells)
                 except (KeyboardInterrupt, SystemExit):
                     raise

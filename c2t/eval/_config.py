@@ -34,7 +34,7 @@ from pathlib import Path
 from typing import Any
 
 from c2t._errors import C2TInputError
-from c2t.eval._methods import METHODS
+from c2t.eval._methods import LABEL_METHODS, METHODS
 
 TASKS: dict[str, tuple[str, ...]] = {
     "annotation": ("accuracy", "macro_f1", "per_class_f1"),
@@ -208,9 +208,10 @@ def _method(name: str, options: Any) -> MethodSpec:
     where = f"methods.{name}"
     options = dict(options or {})
     method = str(options.pop("method", name))
-    if method not in METHODS:
-        _unknown(where, "method", method, METHODS)
-    parameters = inspect.signature(METHODS[method]).parameters
+    every = {**METHODS, **LABEL_METHODS}
+    if method not in every:
+        _unknown(where, "method", method, every)
+    parameters = inspect.signature(every[method]).parameters
     allowed = [p for p in list(parameters)[1:] if p not in RUNNER_ARGS]
     for option in options:
         if option not in allowed:
@@ -242,7 +243,7 @@ def load_config(config: str | os.PathLike | dict[str, Any], *, base: str | os.Pa
     >>> load_config({"datasets": {}, "methods": {"umap": {}}, "tasks": ["annotation"]})
     Traceback (most recent call last):
     ...
-    c2t._errors.C2TInputError: methods.umap: unknown method 'umap'; valid methods are: cellama, genept_s, genept_w, llm, pca, plm, random
+    c2t._errors.C2TInputError: methods.umap: unknown method 'umap'; valid methods are: cellama, genept_s, genept_w, llm, llm_generate, pca, plm, random
     """
     if isinstance(config, dict):
         raw, base_dir = dict(config), Path(base or ".")

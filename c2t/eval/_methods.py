@@ -1,6 +1,7 @@
 """Benchmark methods: a plain dict from name to a small function ``(adata, **options) -> cells x dim array``.
 
-Adding a method is one function here and one line in :data:`METHODS`. The runner passes ``seed`` and
+Adding a method is one function here and one line in :data:`METHODS` (or :data:`LABEL_METHODS` for a method
+that labels cells itself, such as annotation by generation). The runner passes ``seed`` and
 ``cache_dir`` to a function whose signature names them; every other option comes from the config.
 """
 
@@ -133,4 +134,23 @@ METHODS: dict[str, Callable[..., np.ndarray]] = {
     "cellama": cellama,
     "plm": plm,
     "llm": llm,
+}
+
+
+def llm_generate(adata, *, model: str, task: str = "cell_type", backend: str = "transformers",
+                 base_url: str | None = None, served_model: str | None = None, batch_size: int = 32,
+                 seed: int = 0) -> np.ndarray:
+    """Annotation by generation with a tuned run (:func:`c2t.generate.predict`): one label per cell (the run's
+    labels or ``"unknown"``). A label method: it answers the test cells directly, no head is trained."""
+    from c2t.generate import predict
+
+    work = adata.copy()
+    predict(model, work, task=task, backend=backend, base_url=base_url, served_model=served_model, seed=seed,
+            sampling={"batch_size": batch_size}, key_added="c2t_bench_prediction")
+    return work.obs["c2t_bench_prediction"].astype(str).to_numpy()
+
+
+#: Methods that return one label per cell instead of an embedding (scored on the test cells' annotation only).
+LABEL_METHODS: dict[str, Callable[..., np.ndarray]] = {
+    "llm_generate": llm_generate,
 }

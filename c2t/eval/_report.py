@@ -202,9 +202,10 @@ def write_report(out, *, results: pd.DataFrame | None = None, summary: pd.DataFr
             seed = ok.loc[ok["method"] == method, "seed"].min()
             unit = folder / f"seed{seed}.json"
             if unit.is_file():
-                knn = json.loads(unit.read_text()).get("predictions", {}).get("knn")
-                if knn:
-                    predictions[method] = knn
+                saved = json.loads(unit.read_text()).get("predictions", {})
+                labelled = saved.get("knn") or saved.get("generation")  # a label method answers itself
+                if labelled:
+                    predictions[method] = labelled
         if umap and embeddings:
             parts.append("<h3>UMAP of each embedding</h3>" + _img(umap_grid(embeddings), f"{dataset} UMAPs"))
         if predictions:

@@ -82,24 +82,34 @@ def annotation(X, labels, train, test, *, heads=("knn", "logistic"), seed: int =
     >>> [(r["metric"], r["value"]) for r in rows if r["metric"] != "per_class_f1"]
     [('accuracy', 1.0), ('macro_f1', 1.0)]
     """
-    from sklearn.metrics import accuracy_score, f1_score
-
     X, labels = np.asarray(X, dtype=np.float32), np.asarray(labels).astype(str)
     rows, predictions = [], {}
-    classes = np.unique(labels[test])
     for name in heads:
         head = _head(name, seed, n_neighbors).fit(X[train], labels[train])
         predicted, _ = head.predict(X[test])
-        predicted = predicted.astype(str)
-        truth = labels[test]
-        rows.append({"task": "annotation", "head": name, "metric": "accuracy", "value": float(accuracy_score(truth, predicted))})
-        rows.append({"task": "annotation", "head": name, "metric": "macro_f1",
-                     "value": float(f1_score(truth, predicted, average="macro", labels=classes, zero_division=0))})
-        per_class = f1_score(truth, predicted, average=None, labels=classes, zero_division=0)
-        rows += [{"task": "annotation", "head": name, "metric": "per_class_f1", "label": str(c), "value": float(v)}
-                 for c, v in zip(classes, per_class, strict=True)]
-        predictions[name] = {"truth": truth.tolist(), "predicted": predicted.tolist()}
+        rows += label_rows(labels[test], predicted.astype(str), head=name)
+        predictions[name] = {"truth": labels[test].tolist(), "predicted": predicted.astype(str).tolist()}
     return rows, predictions
+
+
+def label_rows(truth, predicted, *, head: str) -> list[dict[str, Any]]:
+    """Annotation records of predicted labels: accuracy, macro-F1 and per-class F1 over the true classes.
+
+    Examples
+    --------
+    >>> [(r["metric"], r.get("label"), r["value"]) for r in label_rows(["a", "b"], ["a", "a"], head="x")]
+    [('accuracy', None, 0.5), ('macro_f1', None, 0.3333333333333333), ('per_class_f1', 'a', 0.6666666666666666), ('per_class_f1', 'b', 0.0)]
+    """
+    from sklearn.metrics import accuracy_score, f1_score
+
+    truth, predicted = np.asarray(truth).astype(str), np.asarray(predicted).astype(str)
+    classes = np.unique(truth)
+    rows = [{"task": "annotation", "head": head, "metric": "accuracy", "value": float(accuracy_score(truth, predicted))},
+            {"task": "annotation", "head": head, "metric": "macro_f1",
+             "value": float(f1_score(truth, predicted, average="macro", labels=classes, zero_division=0))}]
+    per_class = f1_score(truth, predicted, average=None, labels=classes, zero_division=0)
+    return rows + [{"task": "annotation", "head": head, "metric": "per_class_f1", "label": str(c), "value": float(v)}
+                   for c, v in zip(classes, per_class, strict=True)]
 
 
 def novel_type(X, labels, train, test, *, heads=("knn", "logistic"), seed: int = 0, n_neighbors: int = 15,
