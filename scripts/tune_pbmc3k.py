@@ -31,7 +31,7 @@ def build_dataset(out: Path, top_k: int, tasks: list[str]):
     return build(str(DATA), out=out, tasks=tasks, top_k=top_k, label_key="seurat_celltype", drop_missing=True, seed=0)
 
 
-def tiny_gpt2(folder: Path, dsd, cache: str | None) -> Path:
+def tiny_gpt2(folder: Path, dsd, cache: str | None, *, layers: int = 2, dim: int = 64) -> Path:
     import torch
     from transformers import AutoTokenizer, GPT2Config, GPT2LMHeadModel
 
@@ -41,7 +41,7 @@ def tiny_gpt2(folder: Path, dsd, cache: str | None) -> Path:
     texts = [t for r in dsd["train"] for t in (r["prompt"], r["completion"])]
     tok = smollm2.train_new_from_iterator(texts, vocab_size=2048)
     torch.manual_seed(0)
-    model = GPT2LMHeadModel(GPT2Config(vocab_size=len(tok), n_positions=512, n_embd=64, n_layer=2, n_head=2,
+    model = GPT2LMHeadModel(GPT2Config(vocab_size=len(tok), n_positions=512, n_embd=dim, n_layer=layers, n_head=dim // 32,
                                        pad_token_id=tok.pad_token_id, eos_token_id=tok.eos_token_id,
                                        bos_token_id=tok.bos_token_id))
     model.save_pretrained(folder)
@@ -55,6 +55,8 @@ def main() -> None:
     parser.add_argument("--top-k", type=int, default=20, help="genes per cell sentence")
     parser.add_argument("--tasks", default="cell_type,generation", help="instruction tasks, comma-separated")
     parser.add_argument("--epochs", type=float, default=4)
+    parser.add_argument("--layers", type=int, default=2, help="tiny GPT-2 layers")
+    parser.add_argument("--dim", type=int, default=64, help="tiny GPT-2 width (heads of 32, as vLLM's CPU kernels need)")
     parser.add_argument("--max-steps", type=int, default=-1)
     parser.add_argument("--work", type=Path, default=None, help="scratch folder (default: a new temporary one)")
     parser.add_argument("--cache", default=None, help="SmolLM2 cache folder (default $C2T_CACHE or ~/.cache/c2t)")
@@ -72,7 +74,7 @@ def main() -> None:
     t0 = time.perf_counter()
     dsd = build_dataset(work / "pbmc3k_ct", args.top_k, [t.strip() for t in args.tasks.split(",") if t.strip()])
     smollm2 = args.model == "smollm2"
-    base = smollm2_hf(args.cache) if smollm2 else tiny_gpt2(work / "tiny_gpt2", dsd, args.cache)
+    base = smollm2_hf(args.cache) if smollm2 else tiny_gpt2(work / "tiny_gpt2", dsd, args.cache, layers=args.layers, dim=args.dim)
     cfg = {
         "dataset": str(work / "pbmc3k_ct"), "base_model": str(base), "output_dir": str(work / f"run_{args.model}"),
         "format": "messages" if smollm2 else "prompt_completion", "method": "lora" if smollm2 else "full",
