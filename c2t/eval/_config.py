@@ -34,6 +34,7 @@ from pathlib import Path
 from typing import Any
 
 from c2t._errors import C2TInputError
+from c2t._yaml import read_yaml_mapping
 from c2t.eval._methods import LABEL_METHODS, METHODS
 
 TASKS: dict[str, tuple[str, ...]] = {
@@ -248,20 +249,8 @@ def load_config(config: str | os.PathLike | dict[str, Any], *, base: str | os.Pa
     if isinstance(config, dict):
         raw, base_dir = dict(config), Path(base or ".")
     else:
-        import yaml
-
         path = Path(config)
-        if not path.is_file():
-            msg = f"{path}: no such config file"
-            raise C2TInputError(msg)
-        try:
-            raw = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
-        except yaml.YAMLError as err:
-            msg = f"{path}: not valid YAML ({err})"
-            raise C2TInputError(msg) from err
-        if not isinstance(raw, dict):
-            msg = f"{path}: the config must be a mapping"
-            raise C2TInputError(msg)
+        raw = read_yaml_mapping(path, shape="the config must be a mapping")
         base_dir = Path(base) if base else path.resolve().parent
     unknown = set(raw) - _TOP_KEYS
     if unknown:

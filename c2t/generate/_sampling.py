@@ -18,10 +18,10 @@ import hashlib
 import os
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
 from c2t._errors import C2TInputError
+from c2t._yaml import read_yaml_mapping
 
 
 @dataclass(frozen=True)
@@ -87,16 +87,7 @@ class Sampling:
     @classmethod
     def from_yaml(cls, path: str | os.PathLike) -> Sampling:
         """Read settings from a YAML file (a mapping, or a mapping with a ``sampling:`` section)."""
-        import yaml
-
-        path = Path(path)
-        if not path.is_file():
-            msg = f"{path}: no such sampling config file"
-            raise C2TInputError(msg)
-        data = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
-        if not isinstance(data, dict):
-            msg = f"{path}: a sampling config is a mapping of settings"
-            raise C2TInputError(msg)
+        data = read_yaml_mapping(path, missing="sampling config file", shape="a sampling config is a mapping of settings")
         return cls.from_mapping(data.get("sampling", data))
 
     def to_dict(self) -> dict[str, Any]:

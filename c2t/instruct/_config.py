@@ -22,6 +22,7 @@ from pathlib import Path
 from typing import Any
 
 from c2t._errors import C2TInputError
+from c2t._yaml import read_yaml_mapping
 from c2t.instruct._split import parse_fractions
 from c2t.instruct._tasks import TASKS, Task
 
@@ -70,21 +71,8 @@ def read_config(data) -> tuple[dict[str, Any], Path | None]:
     """The config mapping and the folder its relative paths are relative to (None: the working folder)."""
     if isinstance(data, Mapping):
         return dict(data), None
-    import yaml
-
     path = Path(data)
-    if not path.is_file():
-        msg = f"{path}: no such config file"
-        raise C2TInputError(msg)
-    try:
-        doc = yaml.safe_load(path.read_text(encoding="utf-8"))
-    except yaml.YAMLError as err:
-        msg = f"{path}: not valid YAML ({' '.join(str(err).split())})"
-        raise C2TInputError(msg) from None
-    if not isinstance(doc, Mapping):
-        msg = f"{path}: a config must be a mapping of build options (data, tasks, ...)"
-        raise C2TInputError(msg)
-    return dict(doc), path.parent
+    return read_yaml_mapping(path, shape="a config must be a mapping of build options (data, tasks, ...)"), path.parent
 
 
 def _resolve(path, base: Path | None):

@@ -22,6 +22,7 @@ import pandas as pd
 import torch
 
 from c2t._errors import C2TInputError
+from c2t._yaml import read_yaml_mapping
 from c2t.plm._encoding import Encoding
 from c2t.plm._model import CellLM, ModelSpec, PLMEncoder
 
@@ -73,20 +74,7 @@ class PretrainConfig:
     @classmethod
     def from_yaml(cls, path: str | os.PathLike) -> PretrainConfig:
         """Read a YAML file of fields; unknown keys are refused with the list of valid ones."""
-        import yaml
-
-        path = Path(path)
-        if not path.is_file():
-            msg = f"{path}: no such file"
-            raise C2TInputError(msg)
-        try:
-            data = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
-        except yaml.YAMLError as err:
-            msg = f"{path}: not valid YAML ({str(err).splitlines()[0]})"
-            raise C2TInputError(msg) from None
-        if not isinstance(data, dict):
-            msg = f"{path}: expected a mapping of settings, found {type(data).__name__}"
-            raise C2TInputError(msg)
+        data = read_yaml_mapping(path, missing="file", shape="expected a mapping of settings")
         return cls.from_dict(data, where=str(path))
 
     @classmethod

@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from c2t._errors import C2TInputError
+from c2t._yaml import read_yaml_mapping
 
 CONFIG_FILE = "train_config.yaml"
 # fields that do not change what a run computes: a restart may change them and still resume the same run
@@ -114,20 +115,8 @@ class TrainConfig:
 
         ``~`` and ``$VARS`` in its paths expand; relative paths are read relative to the file's folder.
         """
-        import yaml
-
         path = Path(path)
-        if not path.is_file():
-            msg = f"{path}: no such config file"
-            raise C2TInputError(msg)
-        try:
-            data = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
-        except yaml.YAMLError as err:
-            msg = f"{path}: not valid YAML ({err})"
-            raise C2TInputError(msg) from None
-        if not isinstance(data, dict):
-            msg = f"{path}: a training config is a mapping of field: value"
-            raise C2TInputError(msg)
+        data = read_yaml_mapping(path, shape="a training config is a mapping of field: value")
         for key in ("dataset", "base_model", "output_dir"):
             value = data.get(key)
             if isinstance(value, str) and value:
