@@ -182,8 +182,8 @@ class TransformersBackend(Backend):
         counts = _as_counts(n, len(prompts))
         texts, special = self._texts(prompts)
         rows = [i for i, c in enumerate(counts) for _ in range(c)]
-        lengths = [len(x) for x in self.tokenizer(texts, add_special_tokens=special)["input_ids"]]
-        order = sorted(range(len(rows)), key=lambda r: (lengths[rows[r]], r))  # similar lengths batch together
+        ids = self.tokenizer(texts, add_special_tokens=special)["input_ids"]  # once; batches are padded from it
+        order = sorted(range(len(rows)), key=lambda r: (len(ids[rows[r]]), r))  # similar lengths batch together
         self.tokenizer.padding_side = "right" if self.spec.seq2seq else "left"
         options: dict[str, Any] = {"max_new_tokens": sampling.max_new_tokens, "do_sample": not sampling.greedy,
                                    "pad_token_id": self.tokenizer.pad_token_id,
@@ -196,8 +196,7 @@ class TransformersBackend(Backend):
         answers: dict[int, str] = {}
         for start in range(0, len(order), sampling.batch_size):
             batch = order[start:start + sampling.batch_size]
-            enc = self.tokenizer([texts[rows[r]] for r in batch], return_tensors="pt", padding=True,
-                                 add_special_tokens=special).to(self.device)
+            enc = self.tokenizer.pad({"input_ids": [ids[rows[r]] for r in batch]}, return_tensors="pt").to(self.device)
             torch.manual_seed(request_seed(sampling.seed, start))
             with torch.inference_mode():
                 generated = self.model.generate(**enc, **options)

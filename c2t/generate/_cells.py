@@ -12,7 +12,7 @@ import numpy as np
 from c2t._errors import C2TInputError
 from c2t.generate._backends import Backend, open_backend
 from c2t.generate._run import RunInfo, read_run_info
-from c2t.generate._sampling import Sampling
+from c2t.generate._sampling import Sampling, as_sampling
 
 
 def storable(texts: list[str]) -> list[str]:
@@ -173,7 +173,7 @@ def generate_cells(
         warnings.warn(f"label(s) {', '.join(map(repr, unknown))} were not in the run's training data "
                       f"(known: {', '.join(known)}); generating them anyway, flagged in obs['c2t_known_label']",
                       UserWarning, stacklevel=2)
-    settings = sampling if isinstance(sampling, Sampling) else Sampling.from_mapping(dict(sampling or {}))
+    settings = as_sampling(sampling)
     vocabulary, inverse = info.vocabulary(), info.inverse_model()
     prompts, counts, conditions, tids = _plan(info, wanted, prompt, n_cells, settings.seed)
     engine = backend if isinstance(backend, Backend) else open_backend(

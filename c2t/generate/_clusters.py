@@ -9,13 +9,11 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-import numpy as np
-
 from c2t._errors import C2TInputError
 from c2t.generate._backends import Backend, OpenAIBackend
 from c2t.generate._cells import storable
 from c2t.generate._predict import UNKNOWN, match_labels
-from c2t.generate._sampling import Sampling
+from c2t.generate._sampling import Sampling, as_sampling
 
 SYSTEM_HINT = "You are an expert in single-cell biology who annotates cell clusters from their marker genes."
 
@@ -125,9 +123,7 @@ def annotate_clusters(
     if not isinstance(n_markers, int) or n_markers < 1:
         msg = f"n_markers must be a positive integer, not {n_markers!r}"
         raise C2TInputError(msg)
-    settings = Sampling(temperature=0.0, max_new_tokens=32) if sampling is None else (
-        sampling if isinstance(sampling, Sampling) else Sampling.from_mapping({"temperature": 0.0, "max_new_tokens": 32,
-                                                                                **dict(sampling)}))
+    settings = as_sampling(sampling, temperature=0.0, max_new_tokens=32)
     work = _prepare(adata, cluster_key=cluster_key, resolution=resolution, seed=seed, n_markers=n_markers,
                     use_raw=use_raw)
     clusters = list(work.obs[cluster_key].cat.categories)
@@ -158,8 +154,3 @@ def annotate_clusters(
         write_text_atomic(Path(log), "\n".join(lines) + "\n")
     return result
 
-
-def cluster_sizes(adata, cluster_key: str) -> dict[str, int]:
-    """Cells per cluster (for reports)."""
-    values, counts = np.unique(adata.obs[cluster_key].astype(str).to_numpy(), return_counts=True)
-    return dict(zip(values.tolist(), counts.tolist(), strict=True))

@@ -15,7 +15,7 @@ from c2t._errors import C2TInputError
 from c2t.generate._backends import Backend, open_backend
 from c2t.generate._cells import storable
 from c2t.generate._run import read_run_info
-from c2t.generate._sampling import Sampling
+from c2t.generate._sampling import Sampling, as_sampling
 
 UNKNOWN = "unknown"
 #: Tasks whose answer is a label, answered one cell at a time.
@@ -167,9 +167,7 @@ def predict(
     params = _task_params(info, task)
     if label_key is not None:
         params["response_key" if task == "drug_response" else "label_key"] = label_key
-    settings = Sampling(temperature=0.0, max_new_tokens=32) if sampling is None else (
-        sampling if isinstance(sampling, Sampling) else Sampling.from_mapping({"temperature": 0.0, "max_new_tokens": 32,
-                                                                                **dict(sampling)}))
+    settings = as_sampling(sampling, temperature=0.0, max_new_tokens=32)
     prompts, cell_ids, truth, key = _records(adata, info, task, params, seed)
     labels = info.labels(task)
     if not labels:
@@ -265,9 +263,7 @@ def predict_cells(
         msg = f"predict_cells predicts {', '.join(CELL_TASKS)}, not {task!r}; use predict for label tasks"
         raise C2TInputError(msg)
     _check_trained(info, task)
-    settings = Sampling(temperature=0.0, max_new_tokens=3 * (info.top_k or 100) + 16) if sampling is None else (
-        sampling if isinstance(sampling, Sampling) else Sampling.from_mapping(
-            {"temperature": 0.0, "max_new_tokens": 3 * (info.top_k or 100) + 16, **dict(sampling)}))
+    settings = as_sampling(sampling, temperature=0.0, max_new_tokens=3 * (info.top_k or 100) + 16)
     records = _build_records(adata, info, task, _task_params(info, task), seed,
                              ["prompt", "completion", "cell_id", "control_cell_id", "label"])
     engine = backend if isinstance(backend, Backend) else open_backend(

@@ -94,6 +94,20 @@ class Sampling:
         return dataclasses.asdict(self)
 
 
+def as_sampling(sampling: Sampling | Mapping[str, Any] | None, **defaults: Any) -> Sampling:
+    """``sampling`` as :class:`Sampling`: a mapping fills in over ``defaults`` (a task's own defaults, e.g. greedy
+    for annotation); a :class:`Sampling` is taken as it is.
+
+    Examples
+    --------
+    >>> as_sampling({"batch_size": 8}, temperature=0.0).greedy, as_sampling(None, temperature=0.0).batch_size
+    (True, 32)
+    """
+    if isinstance(sampling, Sampling):
+        return sampling
+    return Sampling.from_mapping({**defaults, **dict(sampling or {})})
+
+
 def request_seed(seed: int, index: int) -> int:
     """A 31-bit seed for request ``index`` of a run seeded with ``seed`` (independent of batching)."""
     digest = hashlib.blake2b(f"{seed}:{index}".encode(), digest_size=4).digest()
