@@ -126,19 +126,24 @@ def tokenizer_dir(tmp_path_factory, pbmc_dataset) -> Path:
     return out
 
 
-@pytest.fixture(scope="session")
-def pbmc_dataset(tmp_path_factory) -> Path:
-    """300 pbmc3k cells, cell type annotation, top 10 genes: ~230 train records."""
+def _pbmc_instructions(tmp_path_factory, name: str, tasks, *, seed: int) -> Path:
+    """An instruction dataset of 300 seeded pbmc3k cells (top 10 genes), skipped when the file is absent."""
     if not PBMC3K.is_file():
         pytest.skip(f"{PBMC3K.name} is absent from ../shared/data")
     from c2t.instruct import build
     from c2t.io import read_h5ad
 
     adata = read_h5ad(PBMC3K)
-    rows = np.sort(np.random.default_rng(0).choice(adata.n_obs, 300, replace=False))
-    out = tmp_path_factory.mktemp("ds") / "pbmc3k_ct"
-    build(adata[rows].copy(), out=out, tasks="cell_type", top_k=10, label_key="seurat_celltype", drop_missing=True)
+    rows = np.sort(np.random.default_rng(seed).choice(adata.n_obs, 300, replace=False))
+    out = tmp_path_factory.mktemp(name) / name
+    build(adata[rows].copy(), out=out, tasks=tasks, top_k=10, label_key="seurat_celltype", drop_missing=True)
     return out
+
+
+@pytest.fixture(scope="session")
+def pbmc_dataset(tmp_path_factory) -> Path:
+    """300 pbmc3k cells, cell type annotation, top 10 genes: ~230 train records."""
+    return _pbmc_instructions(tmp_path_factory, "pbmc3k_ct", "cell_type", seed=0)
 
 
 def _tiny_model(kind: str, tokenizer_dir: Path, folder: Path) -> Path:
@@ -185,17 +190,8 @@ def tiny_models(tmp_path_factory, tokenizer_dir) -> dict[str, Path]:
 # pbmc3k cells' annotation, generation and unconditional records: the model every generation test loads.
 @pytest.fixture(scope="session")
 def gen_dataset(tmp_path_factory) -> Path:
-    if not PBMC3K.is_file():
-        pytest.skip(f"{PBMC3K.name} is absent from ../shared/data")
-    from c2t.instruct import build
-    from c2t.io import read_h5ad
-
-    adata = read_h5ad(PBMC3K)
-    rows = np.sort(np.random.default_rng(1).choice(adata.n_obs, 300, replace=False))
-    out = tmp_path_factory.mktemp("gen_ds") / "pbmc3k_gen"
-    build(adata[rows].copy(), out=out, tasks=["cell_type", "generation", {"task": "unconditional", "weight": 0.3}],
-          top_k=10, label_key="seurat_celltype", drop_missing=True)
-    return out
+    return _pbmc_instructions(tmp_path_factory, "pbmc3k_gen",
+                              ["cell_type", "generation", {"task": "unconditional", "weight": 0.3}], seed=1)
 
 
 @pytest.fixture(scope="session")
