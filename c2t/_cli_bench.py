@@ -44,7 +44,8 @@ def bench_command(
     for dataset in summary["dataset"].drop_duplicates():
         table = summary_table(summary, dataset)
         keep = [c for c in table.columns if c.startswith(("annotation:accuracy", "annotation:macro_f1", "novel_type",
-                                                          "clustering:ari", "batch_mixing")) or c == "mean rank"]
+                                                          "clustering:ari", "batch_mixing", "drug_response",
+                                                          "generation")) or c == "mean rank"]
         typer.echo(f"{dataset}\n{table[keep].to_string()}")
     failed = results[results["status"] == "failed"]
     for row in failed.itertuples():

@@ -14,6 +14,9 @@ Figures (printed and written as JSON):
   the same label (cell-weighted mean over labels with >= 5 held-out cells); control: shuffled labels; floor:
   real training vs real held-out cells of the same label.
 
+The metrics are c2t.eval's (``valid_gene_rate``, ``generation_scores``), the same that ``c2t bench`` reports for
+its ``generation`` task.
+
     python scripts/eval_generate_pbmc3k.py bench_out/tune/run_tiny-gpt2 --per-label 40
 """
 
@@ -27,25 +30,6 @@ from pathlib import Path
 import numpy as np
 
 DATA = Path(__file__).resolve().parents[2] / "shared" / "data" / "pbmc3k_raw_seurat_labels.h5ad"
-
-
-def energy_distance(x: np.ndarray, y: np.ndarray) -> float:
-    """Energy distance between two samples: 2 E|X-Y| - E|X-X'| - E|Y-Y'| (Euclidean)."""
-    from sklearn.metrics import pairwise_distances
-
-    return float(2 * pairwise_distances(x, y).mean() - pairwise_distances(x).mean() - pairwise_distances(y).mean())
-
-
-def mean_distance(emb: np.ndarray, labels: np.ndarray, real: np.ndarray, real_labels: np.ndarray,
-                  min_cells: int = 5) -> tuple[float, dict[str, float]]:
-    per, weights = {}, {}
-    for label in np.unique(real_labels):
-        mine, theirs = emb[labels == label], real[real_labels == label]
-        if len(theirs) >= min_cells and len(mine) >= 2:
-            per[str(label)] = energy_distance(mine, theirs)
-            weights[str(label)] = len(theirs)
-    total = sum(weights.values())
-    return float(sum(per[k] * weights[k] for k in per) / total), per
 
 
 def _counts(values: np.ndarray) -> dict[str, int]:
@@ -64,9 +48,7 @@ def main() -> None:
     if not DATA.is_file():
         raise SystemExit(f"{DATA} is absent")
 
-    from sklearn.decomposition import PCA
-    from sklearn.neighbors import KNeighborsClassifier
-
+    from c2t.eval import generation_scores, valid_gene_rate
     from c2t.generate import generate_cells, read_run_info
     from c2t.instruct import load
     from c2t.io import read_h5ad
@@ -91,9 +73,6 @@ def main() -> None:
     train_rows, train_labels = rows("train")
     test_rows, test_labels = rows("test")
     X = real.X.toarray()
-    pca = PCA(n_components=50, random_state=0).fit(X[train_rows])
-    real_train, real_test = pca.transform(X[train_rows]), pca.transform(X[test_rows])
-    knn = KNeighborsClassifier(n_neighbors=10).fit(real_train, train_labels)
 
     labels = sorted(set(train_labels))
     t0 = time.perf_counter()
@@ -103,24 +82,25 @@ def main() -> None:
     seconds = time.perf_counter() - t0
     assert list(cells.var_names) == list(real.var_names)
     asked = cells.obs["condition"].astype(str).to_numpy()
-    shuffled = np.random.default_rng(args.seed).permutation(asked)
-    generated = pca.transform(cells.X.toarray())
     g = cells.uns["c2t_generate"]
-    dist, per_label = mean_distance(generated, asked, real_test, test_labels)
-    dist_control, _ = mean_distance(generated, shuffled, real_test, test_labels)
-    dist_floor, _ = mean_distance(real_train, train_labels, real_test, test_labels)
+    # PCA-50 and a kNN (k=10) fitted on the real training cells; shuffled-label controls seeded with --seed
+    scores = generation_scores(cells.X.toarray(), asked, X[train_rows], train_labels, X[test_rows], test_labels,
+                               n_components=50, n_neighbors=10, seed=args.seed)
+    predicted = scores["predicted"]
     report = {
         "run": str(args.run), "top_k": info.top_k, "labels": labels, "per_label": args.per_label,
         "generated_cells": int(cells.n_obs), "generation_seconds": round(seconds, 1),
         "cells_per_second": round(cells.n_obs / seconds, 1),
-        "a_valid_gene_rate": g["valid_gene_rate"], "a_mean_unique_genes": g["mean_unique_genes"],
+        "a_valid_gene_rate": valid_gene_rate(cells.obs["c2t_text"].astype(str), cells.var_names), "a_mean_unique_genes": g["mean_unique_genes"],
         "a_duplicate_rate": g["duplicate_rate"], "a_empty_outputs": g["n_empty"],
-        "b_knn_accuracy_generated": float((knn.predict(generated) == asked).mean()),
-        "b_knn_accuracy_shuffled_control": float((knn.predict(generated) == shuffled).mean()),
-        "b_knn_accuracy_real_heldout": float((knn.predict(real_test) == test_labels).mean()),
-        "c_energy_distance_generated": dist, "c_energy_distance_shuffled_control": dist_control,
-        "c_energy_distance_real_train_vs_heldout": dist_floor, "c_energy_distance_per_label": per_label,
-        "knn_predictions_by_asked_label": {label: _counts(knn.predict(generated[asked == label])) for label in labels},
+        "b_knn_accuracy_generated": scores["knn_accuracy"],
+        "b_knn_accuracy_shuffled_control": scores["knn_accuracy_shuffled"],
+        "b_knn_accuracy_real_heldout": scores["knn_accuracy_real"],
+        "c_energy_distance_generated": scores["energy_distance"],
+        "c_energy_distance_shuffled_control": scores["energy_distance_shuffled"],
+        "c_energy_distance_real_train_vs_heldout": scores["energy_distance_real"],
+        "c_energy_distance_per_label": scores["per_label_distance"],
+        "knn_predictions_by_asked_label": {label: _counts(predicted[asked == label]) for label in labels},
     }
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(report, indent=2) + "\n")

@@ -95,6 +95,7 @@ def test_tiny_benchmark_matches_direct_sklearn_calls(tiny_h5ad, tmp_path):
                 ("nmi", ""): normalized_mutual_info_score(y, clusters),
                 ("silhouette", ""): silhouette_score(X, y),
                 ("batch_entropy", ""): entropy,
+                ("ilisi", ""): np.mean(1.0 / (shares**2).sum(axis=1)),  # inverse Simpson's index per cell
                 ("batch_silhouette", ""): asw,
             }
             for (metric, head), value in expected.items():
@@ -138,7 +139,7 @@ def test_bad_config_fails_before_any_work(tiny_h5ad, tmp_path, monkeypatch):
     monkeypatch.setitem(METHODS, "counting", lambda adata, **_: calls.append(1) or np.zeros((adata.n_obs, 2)))
     good = tiny_config(tiny_h5ad, methods={"counting": {}})
     cases = {
-        "unknown method 'umap'; valid methods are: cellama, counting, genept_s": {"methods": {"counting": {}, "umap": {}}},
+        "unknown method 'umap'; valid methods are: cellama, cellama_finetuned, counting, genept_s": {"methods": {"counting": {}, "umap": {}}},
         "unknown metric 'f2'; valid metrics are: accuracy, ari": {"metrics": ["accuracy", "f2"]},
         "unknown task 'imputation'; valid tasks are: annotation, batch_mixing": {"tasks": ["annotation", "imputation"]},
         "unknown dataset 'pbmc68k' (and no path:); valid datasets are: kang8, kang_stim": {"datasets": {"pbmc68k": {}}},
@@ -283,7 +284,7 @@ def test_split_across_datasets_trains_on_the_reference_and_tests_on_the_query(ti
     truth = unit["predictions"]["knn"]["truth"]
     assert truth == query.obs["celltype"].astype(str).tolist()  # the test cells are the query's, in order
     assert ad.read_h5ad(tmp_path / "query.h5ad").n_obs == len(truth)
-    assert set(results.loc[results["task"] == "batch_mixing", "metric"]) == {"batch_silhouette", "batch_entropy"}
+    assert set(results.loc[results["task"] == "batch_mixing", "metric"]) == {"batch_silhouette", "batch_entropy", "ilisi"}
     with pytest.raises(C2TInputError, match=r"'cell_type' not found in obs of query\.h5ad"):
         run_benchmark({**config, "datasets": {"tiny": {**config["datasets"]["tiny"], "query_label_key": None}}},
                       tmp_path / "out2")

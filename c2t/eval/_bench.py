@@ -24,8 +24,16 @@ import pandas as pd
 
 from c2t._atomic import atomic_path, write_text_atomic
 from c2t._errors import C2TInputError
-from c2t.eval._config import BenchConfig, DatasetSpec, MethodSpec, load_config
-from c2t.eval._methods import LABEL_METHODS, METHODS
+from c2t.eval._config import (
+    LOWER_IS_BETTER,
+    UNRANKED,
+    BenchConfig,
+    DatasetSpec,
+    MethodSpec,
+    load_config,
+    method_kind,
+)
+from c2t.eval._methods import GENERATIVE_METHODS, LABEL_METHODS, METHODS
 
 ROW_COLUMNS = ["dataset", "dataset_sha256", "n_cells", "split", "split_detail", "method", "method_version",
                "c2t_version", "seed", "task", "head", "metric", "label", "value", "status", "error", "embed_s"]
@@ -39,7 +47,7 @@ def _version() -> str:
 
 def method_version(spec: MethodSpec) -> str:
     """A short hash of the method function's source and the options: changes when either does."""
-    source = inspect.getsource({**METHODS, **LABEL_METHODS}[spec.method])
+    source = inspect.getsource({**METHODS, **LABEL_METHODS, **GENERATIVE_METHODS}[spec.method])
     blob = json.dumps({"source": source, "options": spec.options}, sort_keys=True, default=str)
     return f"{spec.method}-{hashlib.sha256(blob.encode()).hexdigest()[:10]}"
 
@@ -64,7 +72,7 @@ class _Dataset:
 
         self.spec = spec
         limit = [x for x in (spec.max_cells, quick_cells if quick else None) if x]
-        adata = self._read(spec.path, spec.label_key, limit)
+        adata = self._read(spec.path, spec.label_key, limit, spec.filter)
         self.sha256 = file_hash(spec.path).removeprefix("sha256:")
         if spec.split == "across":
             import anndata as ad
@@ -86,13 +94,17 @@ class _Dataset:
         self.quick = quick
 
     @staticmethod
-    def _read(path, label_key: str, limit: list[int]):
-        """Labelled cells of ``path``, subsampled (stratified by label) to the smallest of ``limit``."""
+    def _read(path, label_key: str, limit: list[int], keep: str | None = None):
+        """Labelled cells of ``path`` (those where the boolean obs column ``keep`` is true, if given), subsampled
+        (stratified by label) to the smallest of ``limit``."""
         from c2t.io import read_h5ad
 
         adata = read_h5ad(path)
         labels = adata.obs[label_key]
-        adata = adata[labels.notna().to_numpy() & (labels.astype(str).to_numpy() != "nan")]
+        rows = labels.notna().to_numpy() & (labels.astype(str).to_numpy() != "nan")
+        if keep is not None:
+            rows &= adata.obs[keep].to_numpy(dtype=bool)
+        adata = adata[rows]
         if adata.var_names.has_duplicates:
             adata = adata[:, ~adata.var_names.duplicated()]
         rows = _stratified_subsample(adata.obs[label_key].astype(str).to_numpy(), min([*limit, adata.n_obs]), seed=0)
@@ -114,9 +126,9 @@ class _Dataset:
 
 
 def _tasks_version() -> str:
-    from c2t.eval import _metrics, _tasks
+    from c2t.eval import _generation, _metrics, _tasks
 
-    source = inspect.getsource(_tasks) + inspect.getsource(_metrics)
+    source = inspect.getsource(_tasks) + inspect.getsource(_metrics) + inspect.getsource(_generation)
     return hashlib.sha256(source.encode()).hexdigest()[:10]
 
 
@@ -127,10 +139,18 @@ def _unit_key(data: _Dataset, spec: MethodSpec, cfg: BenchConfig, seed: int) -> 
     return hashlib.sha256(json.dumps(blob, sort_keys=True, default=str).encode()).hexdigest()
 
 
-def _call_method(spec: MethodSpec, adata, *, seed: int, cache_dir) -> np.ndarray:
+def _takes(fn: Callable, *names: str) -> bool:
+    parameters = inspect.signature(fn).parameters
+    return any(name in parameters for name in names)
+
+
+def _call_method(spec: MethodSpec, data: _Dataset, *, seed: int, cache_dir) -> np.ndarray:
     fn = METHODS[spec.method]
+    adata = data.adata
     parameters = inspect.signature(fn).parameters
     extra = {k: v for k, v in (("seed", seed), ("cache_dir", cache_dir)) if k in parameters}
+    if "train" in parameters:  # a method that fits on the training cells (never on test cells)
+        extra["train"] = data.split(seed)[0]
     X = np.asarray(fn(adata, **spec.options, **extra), dtype=np.float32)
     if X.ndim != 2 or X.shape[0] != adata.n_obs:
         msg = f"method {spec.name} returned shape {X.shape} for {adata.n_obs} cells"
@@ -159,6 +179,42 @@ def _label_unit(spec: MethodSpec, data: _Dataset, cfg: BenchConfig, seed: int) -
     return rows, {"generation": {"truth": truth.tolist(), "predicted": predicted.tolist()}}, detail
 
 
+def _generation_unit(spec: MethodSpec, data: _Dataset, cfg: BenchConfig, seed: int) -> tuple[list[dict], dict, str]:
+    """A generative method generates cells for the training cells' labels; the generation task scores them
+    against the real cells (classifier and PCA on the training cells, distances to the test cells)."""
+    from c2t.eval._generation import generation
+
+    train, test, detail = data.split(seed)
+    fn = GENERATIVE_METHODS[spec.method]
+    extra = {"seed": seed} if "seed" in inspect.signature(fn).parameters else {}
+    labels = sorted(set(data.labels[train]))
+    generated, real = fn(data.adata, labels=labels, **spec.options, **extra)
+    if real.n_obs != data.adata.n_obs or list(generated.var_names) != list(real.var_names):
+        msg = f"method {spec.name} returned real cells or genes that do not match the dataset's"
+        raise C2TInputError(msg)
+    texts = generated.obs["c2t_text"].astype(str).tolist() if "c2t_text" in generated.obs else []
+    rows, overlay = generation(_dense(generated.X), generated.obs["condition"].astype(str).to_numpy(), texts,
+                               generated.var_names.astype(str), _dense(real.X), data.labels, train, test, seed=seed,
+                               n_neighbors=min(10, cfg.n_neighbors))
+    if cfg.metrics is not None:
+        rows = [r for r in rows if r["metric"] in cfg.metrics]
+    return rows, {"overlay": overlay}, detail
+
+
+def _dense(m) -> np.ndarray:
+    return m.toarray() if hasattr(m, "toarray") else np.asarray(m)
+
+
+def _save_overlay(folder: Path, overlay: dict[str, np.ndarray], limit: int) -> None:
+    """The PCA coordinates of the real test cells and the generated cells, for the report's overlay UMAP."""
+    rows = _stratified_subsample(np.asarray(overlay["real_label"]), limit, seed=1)
+    with atomic_path(folder / "generation.npz") as tmp, open(tmp, "wb") as f:
+        np.savez_compressed(f, real=np.asarray(overlay["real"])[rows].astype(np.float16),
+                            real_label=np.asarray(overlay["real_label"], dtype=str)[rows],
+                            generated=np.asarray(overlay["generated"]).astype(np.float16),
+                            generated_label=np.asarray(overlay["generated_label"], dtype=str))
+
+
 def _evaluate(X: np.ndarray, data: _Dataset, cfg: BenchConfig, seed: int) -> tuple[list[dict], dict, str]:
     from c2t.eval import _tasks
 
@@ -175,6 +231,11 @@ def _evaluate(X: np.ndarray, data: _Dataset, cfg: BenchConfig, seed: int) -> tup
         rows += _tasks.clustering(X, data.labels, seed=seed)
     if "batch_mixing" in cfg.tasks and data.batches is not None:
         rows += _tasks.batch_mixing(X, data.labels, data.batches, n_neighbors=k)
+    if "drug_response" in cfg.tasks and data.spec.positive is not None:
+        found, drug = _tasks.drug_response(X, data.labels, train, test, positive=data.spec.positive, heads=cfg.heads,
+                                           seed=seed, n_neighbors=k)
+        rows += found
+        predictions = predictions or drug  # confusion matrices of the drug response when there is no annotation
     if cfg.metrics is not None:
         rows = [r for r in rows if r["metric"] in cfg.metrics]
     return rows, predictions, detail
@@ -234,8 +295,8 @@ def run_benchmark(
         for mname, mspec in cfg.methods.items():
             folder = out / "cache" / dname / mname
             memo: np.ndarray | None = None  # a method without a seed gives the same embedding for every seed
-            labels_only = mspec.method in LABEL_METHODS
-            takes_seed = labels_only or "seed" in inspect.signature(METHODS[mspec.method]).parameters
+            kind = method_kind(mspec.method)
+            takes_seed = kind != "embedding" or _takes(METHODS[mspec.method], "seed", "train")
             for i, seed in enumerate(cfg.seeds):
                 path = folder / f"seed{seed}.json"
                 key = _unit_key(data, mspec, cfg, seed)
@@ -250,13 +311,17 @@ def run_benchmark(
                         "c2t_version": _version(), "seed": seed}
                 start = time.perf_counter()
                 try:
-                    X = None
-                    if labels_only:  # the method labels the test cells itself
+                    X, overlay = None, None
+                    if kind == "label":  # the method labels the test cells itself
                         found, predictions, detail = _label_unit(mspec, data, cfg, seed)
+                        embed_s = time.perf_counter() - start
+                    elif kind == "generative":  # the method generates cells; the generation task scores them
+                        found, extra, detail = _generation_unit(mspec, data, cfg, seed)
+                        overlay, predictions = extra["overlay"], {}
                         embed_s = time.perf_counter() - start
                     else:
                         if memo is None or takes_seed:
-                            memo = _call_method(mspec, data.adata, seed=seed, cache_dir=cache_dir)
+                            memo = _call_method(mspec, data, seed=seed, cache_dir=cache_dir)
                         X = memo
                         embed_s = time.perf_counter() - start
                         found, predictions, detail = _evaluate(X, data, cfg, seed)
@@ -265,6 +330,9 @@ def run_benchmark(
                     unit = {"key": key, "status": "ok", "rows": rows, "predictions": predictions if i == 0 else {}}
                     if i == 0 and X is not None:
                         _save_embedding(folder, X, data, cfg.umap_cells)
+                    if i == 0 and overlay is not None:
+                        folder.mkdir(parents=True, exist_ok=True)
+                        _save_overlay(folder, overlay, cfg.umap_cells)
                 except (KeyboardInterrupt, SystemExit):
                     raise
                 except Exception as err:
@@ -310,7 +378,8 @@ def _interval(values: np.ndarray) -> tuple[float, float, float]:
 
 def summarize(results: pd.DataFrame) -> pd.DataFrame:
     """Mean and 95% t-interval over seeds per (dataset, split, method, task, head, metric), and the method's
-    rank (1 = best) among the methods on that dataset and metric. Per-class F1 rows are left out.
+    rank (1 = best) among the methods on that dataset and metric. Per-class F1 rows are left out; metrics in
+    ``LOWER_IS_BETTER`` (energy distance) rank ascending, the controls and references in ``UNRANKED`` get no rank.
 
     Examples
     --------
@@ -329,8 +398,11 @@ def summarize(results: pd.DataFrame) -> pd.DataFrame:
                         "ci_high": round(high, 6), "n": len(frame)})
     summary = pd.DataFrame(records, columns=[*keys, "mean", "ci_low", "ci_high", "n"])
     if len(summary):
-        summary["rank"] = summary.groupby(["dataset", "split", "task", "head", "metric"])["mean"].rank(
-            ascending=False, method="min")
+        groups = summary.groupby(["dataset", "split", "task", "head", "metric"])["mean"]
+        summary["rank"] = groups.rank(ascending=False, method="min")
+        lower = summary["metric"].isin(LOWER_IS_BETTER)
+        summary.loc[lower, "rank"] = groups.rank(ascending=True, method="min")[lower]
+        summary.loc[summary["metric"].isin(UNRANKED), "rank"] = np.nan
     else:
         summary["rank"] = []
     return summary

@@ -16,13 +16,23 @@ A config is YAML (or a dict)::
         dataset: kang8
         split: across
         query: kang_stim         # a named dataset or an .h5ad path (query_label_key: if its column differs)
+      pc9_erlotinib: {}          # drug response: filter: pass_qc_200genes, label scdeal_label, positive: resistant
     methods:
       pca: {n_comps: 50}
       random: {}
       genept_w_random: {method: genept_w, random_genes: true}     # a named variant of a method
-    tasks: [annotation, novel_type, clustering, batch_mixing]
+      cellama_ft: {method: cellama_finetuned}    # fine-tuned on each seed's training cells only
+      tuned_cells: {method: llm_cells, model: runs/pbmc3k_tuned, per_label: 20}   # a generative method
+    tasks: [annotation, novel_type, clustering, batch_mixing, generation, drug_response]
     heads: [knn, logistic]
     metrics: null                # null: all; or a subset of METRICS
+
+Each task applies to the methods of its kind (:data:`METHOD_TASKS`): embedding methods (:data:`METHODS`) to
+annotation, novel_type, clustering, batch_mixing and drug_response; label methods to annotation; generative
+methods (``llm_cells``) to generation. A method none of whose kind's tasks are asked for, or a task that no
+method can do, fails the config. ``drug_response`` runs on the datasets that name their ``positive:`` label
+(e.g. resistant) and scores it against every other label. A dataset's ``filter:`` names a boolean obs column of
+the cells to keep (e.g. a QC flag).
 """
 
 from __future__ import annotations
@@ -35,18 +45,39 @@ from typing import Any
 
 from c2t._errors import C2TInputError
 from c2t._yaml import read_yaml_mapping
-from c2t.eval._methods import LABEL_METHODS, METHODS
+from c2t.eval._generation import GENERATION_METRICS
+from c2t.eval._methods import GENERATIVE_METHODS, LABEL_METHODS, METHODS
 
 TASKS: dict[str, tuple[str, ...]] = {
     "annotation": ("accuracy", "macro_f1", "per_class_f1"),
     "novel_type": ("auroc",),
     "clustering": ("ari", "nmi", "silhouette"),
-    "batch_mixing": ("batch_silhouette", "batch_entropy"),
+    "batch_mixing": ("batch_silhouette", "batch_entropy", "ilisi"),
+    "drug_response": ("accuracy", "f1", "auroc"),
+    "generation": GENERATION_METRICS,
 }
-METRICS: tuple[str, ...] = tuple(m for ms in TASKS.values() for m in ms)
+METRICS: tuple[str, ...] = tuple(dict.fromkeys(m for ms in TASKS.values() for m in ms))
+#: Metrics where lower is better (ranked ascending), and controls / references that are reported but not ranked.
+LOWER_IS_BETTER: frozenset[str] = frozenset({"energy_distance"})
+UNRANKED: frozenset[str] = frozenset({"knn_accuracy_shuffled", "knn_accuracy_real", "energy_distance_shuffled",
+                                      "energy_distance_real"})
 HEADS: tuple[str, ...] = ("knn", "logistic")
 SPLITS: tuple[str, ...] = ("random", "by_batch", "across")
-RUNNER_ARGS = ("seed", "cache_dir")
+RUNNER_ARGS = ("seed", "cache_dir", "train", "labels")
+#: The tasks each kind of method can do.
+METHOD_TASKS: dict[str, tuple[str, ...]] = {
+    "embedding": ("annotation", "novel_type", "clustering", "batch_mixing", "drug_response"),
+    "label": ("annotation",),
+    "generative": ("generation",),
+}
+
+
+def method_kind(method: str) -> str:
+    """``"embedding"``, ``"label"`` or ``"generative"``: which of the method dicts holds ``method``."""
+    if method in GENERATIVE_METHODS:
+        return "generative"
+    return "label" if method in LABEL_METHODS else "embedding"
+
 
 # the real files beside the project (../shared/data, or $C2T_DATA): a dataset entry may just name one
 DATA_DIR = Path(__file__).resolve().parents[3] / "shared" / "data"
@@ -58,12 +89,15 @@ KNOWN_DATASETS: dict[str, dict[str, Any]] = {
     "papalexi_thp1": {"path": "papalexi2021_thp1_perturb_sceptre.h5ad", "label_key": "target_max",
                       "batch_key": "bio_rep"},
     "osmfish": {"path": "osmfish_sscortex_codeluppi2018.h5ad", "label_key": "ClusterName"},
+    # PC9 cells after 11 days of erlotinib (all labelled resistant by scDEAL) and untreated controls ("unlabeled")
+    "pc9_erlotinib": {"path": "pc9_erlotinib_day11.h5ad", "label_key": "scdeal_label", "filter": "pass_qc_200genes",
+                      "positive": "resistant"},
 }
 
 _TOP_KEYS = {"name", "seeds", "quick_cells", "datasets", "methods", "tasks", "heads", "metrics", "cache_dir",
              "umap_cells", "n_neighbors"}
 _DATASET_KEYS = {"dataset", "path", "label_key", "batch_key", "split", "test_size", "test_batches", "max_cells",
-                 "query", "query_label_key"}
+                 "query", "query_label_key", "filter", "positive"}
 
 
 @dataclass
@@ -80,12 +114,14 @@ class DatasetSpec:
     max_cells: int | None = None
     query: Path | None = None
     query_label_key: str | None = None
+    filter: str | None = None
+    positive: str | None = None
 
     def describe(self) -> dict[str, Any]:
         return {"path": str(self.path), "label_key": self.label_key, "batch_key": self.batch_key,
                 "split": self.split, "test_size": self.test_size, "test_batches": self.test_batches,
                 "max_cells": self.max_cells, "query": str(self.query) if self.query else None,
-                "query_label_key": self.query_label_key}
+                "query_label_key": self.query_label_key, "filter": self.filter, "positive": self.positive}
 
 
 @dataclass
@@ -134,9 +170,16 @@ def _check_obs(spec: DatasetSpec, where: str, *, path: Path | None = None, keys=
         _fail(where, f"{path}: cannot be read as .h5ad ({type(err).__name__}: {err})")
     try:
         columns = list(adata.obs.columns)
-        for key in keys or (spec.label_key, spec.batch_key):
+        for key in keys or (spec.label_key, spec.batch_key, spec.filter):
             if key is not None and key not in columns:
                 _fail(where, f"{key!r} not found in obs of {path.name}; columns are: {', '.join(columns)}")
+        if keys is None and spec.filter is not None and adata.obs[spec.filter].dtype != bool:
+            _fail(where, f"filter: obs[{spec.filter!r}] must be a boolean column, not {adata.obs[spec.filter].dtype}")
+        if keys is None and spec.positive is not None:
+            values = set(adata.obs[spec.label_key].dropna().astype(str))
+            if spec.positive not in values:
+                _fail(where, f"positive: {spec.positive!r} is not a value of obs[{spec.label_key!r}]; values are: "
+                             f"{', '.join(sorted(values)[:20])}")
         if spec.split == "by_batch" and spec.test_batches:
             batches = set(adata.obs[spec.batch_key].astype(str))
             missing = [b for b in spec.test_batches if b not in batches]
@@ -175,7 +218,8 @@ def _dataset(name: str, entry: Any, base: Path) -> DatasetSpec:
     spec = DatasetSpec(name=name, path=path.resolve(), label_key=str(entry["label_key"]),
                        batch_key=entry.get("batch_key"), split=str(entry.get("split", "random")),
                        test_size=float(entry.get("test_size", 0.3)), test_batches=entry.get("test_batches"),
-                       max_cells=entry.get("max_cells"))
+                       max_cells=entry.get("max_cells"), filter=entry.get("filter"),
+                       positive=None if entry.get("positive") is None else str(entry["positive"]))
     if spec.split not in SPLITS:
         _unknown(where, "split", spec.split, SPLITS)
     if spec.split == "by_batch" and not spec.batch_key:
@@ -209,7 +253,7 @@ def _method(name: str, options: Any) -> MethodSpec:
     where = f"methods.{name}"
     options = dict(options or {})
     method = str(options.pop("method", name))
-    every = {**METHODS, **LABEL_METHODS}
+    every = {**METHODS, **LABEL_METHODS, **GENERATIVE_METHODS}
     if method not in every:
         _unknown(where, "method", method, every)
     parameters = inspect.signature(every[method]).parameters
@@ -218,6 +262,27 @@ def _method(name: str, options: Any) -> MethodSpec:
         if option not in allowed:
             _fail(where, f"unknown option {option!r} of method {method}; its options are: {', '.join(allowed) or '(none)'}")
     return MethodSpec(name=name, method=method, options=options)
+
+
+def _check_kinds(methods: dict[str, MethodSpec], tasks: list[str]) -> None:
+    """Every method does at least one of the tasks, and every task has a method that can do it."""
+    kinds = {name: method_kind(spec.method) for name, spec in methods.items()}
+    able = {kind: sorted(set(METHODS if kind == "embedding" else LABEL_METHODS if kind == "label" else GENERATIVE_METHODS))
+            for kind in METHOD_TASKS}
+    for name, spec in methods.items():
+        kind = kinds[name]
+        if not set(tasks) & set(METHOD_TASKS[kind]):
+            wanted = [t for t in tasks if t not in METHOD_TASKS[kind]]
+            hint = "; ".join(f"{t} needs " + " or ".join(f"a {k} method ({', '.join(able[k])})" for k in METHOD_TASKS
+                                                          if t in METHOD_TASKS[k]) for t in wanted)
+            _fail(f"methods.{name}", f"{spec.method} is {'an' if kind == 'embedding' else 'a'} {kind} method and none of "
+                                     f"the tasks ({', '.join(tasks)}) apply to it ({hint}); it can do: "
+                                     f"{', '.join(METHOD_TASKS[kind])}")
+    for task in tasks:
+        if not any(task in METHOD_TASKS[kind] for kind in kinds.values()):
+            need = " or ".join(f"a {k} method ({', '.join(able[k])})" for k in METHOD_TASKS if task in METHOD_TASKS[k])
+            _fail("tasks", f"{task} needs {need}; the config's methods are: "
+                           + ", ".join(f"{n} ({kinds[n]})" for n in methods))
 
 
 def load_config(config: str | os.PathLike | dict[str, Any], *, base: str | os.PathLike | None = None) -> BenchConfig:
@@ -244,7 +309,7 @@ def load_config(config: str | os.PathLike | dict[str, Any], *, base: str | os.Pa
     >>> load_config({"datasets": {}, "methods": {"umap": {}}, "tasks": ["annotation"]})
     Traceback (most recent call last):
     ...
-    c2t._errors.C2TInputError: methods.umap: unknown method 'umap'; valid methods are: cellama, genept_s, genept_w, llm, llm_generate, pca, plm, random
+    c2t._errors.C2TInputError: methods.umap: unknown method 'umap'; valid methods are: cellama, cellama_finetuned, genept_s, genept_w, llm, llm_cells, llm_generate, pca, plm, random
     """
     if isinstance(config, dict):
         raw, base_dir = dict(config), Path(base or ".")
@@ -266,6 +331,7 @@ def load_config(config: str | os.PathLike | dict[str, Any], *, base: str | os.Pa
     for task in tasks:
         if task not in TASKS:
             _unknown("tasks", "task", task, TASKS)
+    _check_kinds(methods, tasks)
     heads = list(raw.get("heads") or HEADS)
     for head in heads:
         if head not in HEADS:
@@ -286,6 +352,9 @@ def load_config(config: str | os.PathLike | dict[str, Any], *, base: str | os.Pa
     if not datasets_raw:
         _fail("config", "datasets: needs at least one dataset")
     datasets = {str(name): _dataset(str(name), entry, base_dir) for name, entry in datasets_raw.items()}
+    if "drug_response" in tasks and not any(d.positive for d in datasets.values()):
+        _fail("tasks", "drug_response needs a dataset with positive: (the label of the responding class, e.g. "
+                       "resistant), such as the known dataset pc9_erlotinib")
     return BenchConfig(datasets=datasets, methods=methods, tasks=tasks, seeds=seeds, heads=heads, metrics=metrics,
                        quick_cells=int(raw.get("quick_cells", 1000)), umap_cells=int(raw.get("umap_cells", 2000)),
                        n_neighbors=int(raw.get("n_neighbors", 15)), cache_dir=raw.get("cache_dir"),

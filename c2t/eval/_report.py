@@ -1,7 +1,8 @@
 """The benchmark report: ``report.md`` and a self-contained ``report.html`` (plots as base64 PNG).
 
 Per dataset: the results table with ranks, metric bar charts with 95% intervals, a UMAP of each embedding
-coloured by label and by batch, and the kNN head's confusion matrix of each method (first seed).
+coloured by label and by batch, the kNN head's confusion matrix of each method (first seed), and for each
+generative method a UMAP of its generated cells over the real held-out cells (first seed).
 """
 
 from __future__ import annotations
@@ -110,6 +111,38 @@ def umap_grid(embeddings: dict[str, dict[str, np.ndarray]]):
     return fig
 
 
+def overlay_grid(overlays: dict[str, dict[str, np.ndarray]]):
+    """Generated cells over real ones: per generative method, one UMAP of the real held-out cells (dots) and the
+    generated cells (crosses, black-edged) together, both coloured by label (the label asked for, for generated)."""
+    from matplotlib.figure import Figure
+
+    n = len(overlays)
+    ncols = min(2, n)
+    nrows = int(np.ceil(n / ncols))
+    fig = Figure(figsize=(6.0 * ncols, 4.2 * nrows))
+    for i, (method, o) in enumerate(overlays.items()):
+        real, generated = o["real"].astype(np.float32), o["generated"].astype(np.float32)
+        xy = _umap(np.r_[real, generated])
+        names, color = _colors(np.r_[o["real_label"], o["generated_label"]])
+        ax = fig.add_subplot(nrows, ncols, i + 1)
+        for name in names:
+            cells = o["real_label"] == name
+            ax.scatter(xy[:len(real)][cells, 0], xy[:len(real)][cells, 1], s=4, color=color[name], label=name,
+                       linewidths=0, alpha=0.6)
+        for name in names:
+            cells = o["generated_label"] == name
+            ax.scatter(xy[len(real):][cells, 0], xy[len(real):][cells, 1], s=22, color=color[name], marker="X",
+                       edgecolors="black", linewidths=0.5)
+        ax.scatter([], [], s=4, color="grey", label="real (dot)")
+        ax.scatter([], [], s=22, color="grey", marker="X", edgecolors="black", linewidths=0.5, label="generated (cross)")
+        ax.set_title(f"{method}: {len(generated)} generated over {len(real)} real cells", fontsize=10)
+        ax.set_xticks([])
+        ax.set_yticks([])
+        ax.legend(fontsize=6, markerscale=1.5, loc="center left", bbox_to_anchor=(1, 0.5), frameon=False)
+    fig.tight_layout()
+    return fig
+
+
 def confusion_grid(predictions: dict[str, dict[str, list[str]]]):
     """Row-normalised confusion matrices (true label x predicted label), one panel per method."""
     from matplotlib.figure import Figure
@@ -175,7 +208,9 @@ def write_report(out, *, results: pd.DataFrame | None = None, summary: pd.DataFr
     parts = [f"<!doctype html><html><head><meta charset='utf-8'><title>{html.escape(title)}</title>",
              f"<style>{_CSS}</style></head><body><h1>{html.escape(title)}</h1>",
              f"<p>c2t {html.escape(__version__)}{' — quick mode (subsampled cells)' if quick else ''}. Mean ± half-width "
-             "of the 95% t-interval over seeds; every metric is higher-is-better; rank 1 is best; the first row "
+             "of the 95% t-interval over seeds; every metric is higher-is-better except energy_distance (lower is "
+             "closer; ranked ascending); the controls and references (…_shuffled, …_real) are not ranked; rank 1 is "
+             "best; the first row "
              "(highlighted) has the best mean rank. Batch mixing rewards mixed batches, which the random control "
              "achieves by mixing everything: read it together with the label metrics.</p>"]
     md = [summary_markdown(summary, results)]
@@ -192,13 +227,16 @@ def write_report(out, *, results: pd.DataFrame | None = None, summary: pd.DataFr
         if dataset in set(summary["dataset"]):
             parts.append("<h3>Metrics</h3>" + _img(bar_charts(summary, dataset), f"{dataset} metrics"))
         methods = list(dict.fromkeys(ok["method"]))
-        embeddings, predictions = {}, {}
+        embeddings, predictions, overlays = {}, {}, {}
         for method in methods:
             folder = out / "cache" / str(dataset) / str(method)
             if (folder / "embedding.npz").is_file():
                 with np.load(folder / "embedding.npz") as data:
                     embeddings[method] = {"X": data["X"].astype(np.float32), "label": data["label"],
                                           "batch": data["batch"]}
+            if (folder / "generation.npz").is_file():
+                with np.load(folder / "generation.npz") as data:
+                    overlays[method] = {key: data[key] for key in data.files}
             seed = ok.loc[ok["method"] == method, "seed"].min()
             unit = folder / f"seed{seed}.json"
             if unit.is_file():
@@ -208,6 +246,9 @@ def write_report(out, *, results: pd.DataFrame | None = None, summary: pd.DataFr
                     predictions[method] = labelled
         if umap and embeddings:
             parts.append("<h3>UMAP of each embedding</h3>" + _img(umap_grid(embeddings), f"{dataset} UMAPs"))
+        if umap and overlays:
+            parts.append("<h3>Generated vs real cells (UMAP of the PCA of real training cells; first seed)</h3>"
+                         + _img(overlay_grid(overlays), f"{dataset} generated vs real"))
         if predictions:
             parts.append("<h3>Confusion matrices (kNN head, first seed, rows sum to 1)</h3>"
                          + _img(confusion_grid(predictions), f"{dataset} confusion"))

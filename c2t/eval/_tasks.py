@@ -231,7 +231,78 @@ def batch_entropy(X, batches, *, n_neighbors: int = 15) -> float:
 
 
 def batch_mixing(X, labels, batches, *, n_neighbors: int = 15) -> list[dict[str, Any]]:
-    """Batch silhouette and kNN batch entropy (both: higher is better mixed)."""
+    """Batch silhouette, kNN batch entropy and iLISI (all: higher is better mixed)."""
     return [{"task": "batch_mixing", "head": "", "metric": "batch_silhouette", "value": batch_silhouette(X, labels, batches)},
             {"task": "batch_mixing", "head": "", "metric": "batch_entropy",
-             "value": batch_entropy(X, batches, n_neighbors=n_neighbors)}]
+             "value": batch_entropy(X, batches, n_neighbors=n_neighbors)},
+            {"task": "batch_mixing", "head": "", "metric": "ilisi", "value": ilisi(X, batches, n_neighbors=n_neighbors)}]
+
+
+def ilisi(X, batches, *, n_neighbors: int = 15) -> float:
+    """iLISI on the kNN graph: per cell, the inverse Simpson's index 1 / sum_b p_b^2 of the batch shares p_b among
+    its ``n_neighbors`` nearest cells (the cell itself left out), averaged over cells. 1: every neighbourhood one
+    batch; the number of batches: every neighbourhood holds all batches equally. A plain-kNN version of
+    Korsunsky et al.'s LISI (which weighs neighbours by a perplexity-calibrated Gaussian kernel).
+
+    Examples
+    --------
+    >>> X = np.r_[np.zeros((10, 2)), np.ones((10, 2))] + np.arange(20)[:, None] * 1e-3
+    >>> ilisi(X, ["a"] * 10 + ["b"] * 10, n_neighbors=5)
+    1.0
+    >>> round(ilisi(X, ["a", "b"] * 10, n_neighbors=4), 2)   # batches interleaved: close to 2
+    1.92
+    """
+    from sklearn.neighbors import NearestNeighbors
+
+    X, batches = np.asarray(X, dtype=np.float32), np.asarray(batches).astype(str)
+    names, codes = np.unique(batches, return_inverse=True)
+    if len(names) < 2:
+        return float("nan")
+    k = min(n_neighbors, len(X) - 1)
+    _, idx = NearestNeighbors(n_neighbors=k).fit(X).kneighbors()
+    counts = np.zeros((len(X), len(names)))
+    np.add.at(counts, (np.repeat(np.arange(len(X)), k), codes[idx].ravel()), 1.0)
+    p = counts / k
+    return float(np.mean(1.0 / (p**2).sum(axis=1)))
+
+
+def drug_response(X, labels, train, test, *, positive: str, heads=("knn", "logistic"), seed: int = 0,
+                  n_neighbors: int = 15) -> tuple[list[dict[str, Any]], dict[str, Any]]:
+    """Drug response as a binary task: ``positive`` (e.g. resistant) against every other label. Each head is
+    trained on the ``train`` cells' embeddings; on the ``test`` cells: accuracy, F1 of the positive class and
+    AUROC of the head's probability of the positive class.
+
+    Returns the records and, per head, the test truth and predictions (``positive`` / ``other``).
+
+    Examples
+    --------
+    >>> X = np.r_[np.tile([1.0, 0.0], (10, 1)), np.tile([0.0, 1.0], (10, 1))] + np.arange(20)[:, None] * 1e-3
+    >>> y = np.array(["resistant"] * 10 + ["sensitive"] * 10)
+    >>> rows, _ = drug_response(X, y, np.r_[0:7, 10:17], np.r_[7:10, 17:20], positive="resistant", heads=["knn"],
+    ...                         n_neighbors=3)
+    >>> [(r["metric"], r["value"]) for r in rows]
+    [('accuracy', 1.0), ('f1', 1.0), ('auroc', 1.0)]
+    """
+    from sklearn.metrics import accuracy_score, f1_score, roc_auc_score
+
+    X = np.asarray(X, dtype=np.float32)
+    labels = np.asarray(labels).astype(str)
+    binary = np.where(labels == str(positive), str(positive), "other")
+    if len(np.unique(binary[train])) < 2:
+        msg = f"drug_response: the training cells need both {positive!r} and other labels"
+        raise C2TInputError(msg)
+    truth = binary[test] == str(positive)
+    rows, predictions = [], {}
+    for name in heads:
+        head = _head(name, seed, n_neighbors).fit(X[train], binary[train])
+        full = head.predict_proba(X[test])
+        proba = full[:, list(head.classes_).index(str(positive))]
+        predicted = head.classes_[full.argmax(axis=1)]
+        called = predicted == str(positive)
+        auroc = float(roc_auc_score(truth, proba)) if 0 < truth.sum() < len(truth) else float("nan")
+        rows += [{"task": "drug_response", "head": name, "metric": "accuracy", "value": float(accuracy_score(truth, called))},
+                 {"task": "drug_response", "head": name, "metric": "f1",
+                  "value": float(f1_score(truth, called, zero_division=0))},
+                 {"task": "drug_response", "head": name, "metric": "auroc", "value": auroc}]
+        predictions[name] = {"truth": binary[test].tolist(), "predicted": predicted.astype(str).tolist()}
+    return rows, predictions
