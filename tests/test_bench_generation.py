@@ -110,7 +110,8 @@ def test_generation_task_end_to_end_on_a_tiny_run(gen_run, tmp_path):
         pytest.skip(f"{PBMC3K} is absent")
     adata, path = _pbmc_cells(tmp_path)
     options = {"model": str(gen_run), "per_label": 3, "max_new_tokens": 24}
-    config = _config(path, {"pca": {"n_comps": 10}, "tuned": {"method": "llm_cells", **options}},
+    control = {"method": "random_cells", "model": str(gen_run), "per_label": 3}
+    config = _config(path, {"pca": {"n_comps": 10}, "tuned": {"method": "llm_cells", **options}, "control": control},
                      ["annotation", "generation"])
     out = tmp_path / "bench"
     results = run_benchmark(config, out, report=False)
@@ -138,11 +139,15 @@ def test_generation_task_end_to_end_on_a_tiny_run(gen_run, tmp_path):
     for metric in got.index.drop("valid_gene_rate"):
         assert got[metric] == pytest.approx(direct[metric], nan_ok=True), metric
     assert 0 <= got["knn_accuracy"] <= 1 and 0 < got["valid_gene_rate"] <= 1
+    # the control: random genes of the run's vocabulary (valid by construction), for every training label
+    rows = results[results["method"] == "control"].set_index("metric")["value"]
+    assert rows["valid_gene_rate"] == 1.0 and rows["knn_accuracy_real"] == got["knn_accuracy_real"]
+    assert rows["energy_distance_real"] == got["energy_distance_real"]
 
     # summary: energy_distance ranks ascending (one generative method: rank 1); controls are not ranked
     summary = pd.read_csv(out / "summary.csv")
     ranks = summary[summary["method"] == "tuned"].set_index("metric")["rank"]
-    assert ranks["energy_distance"] == 1 and np.isnan(ranks["knn_accuracy_shuffled"]) and np.isnan(ranks["energy_distance_real"])
+    assert ranks["energy_distance"] in (1, 2) and np.isnan(ranks["knn_accuracy_shuffled"]) and np.isnan(ranks["energy_distance_real"])
     overlay = np.load(out / "cache" / "pbmc" / "tuned" / "generation.npz")
     assert len(overlay["generated"]) == generated.n_obs and len(overlay["real"]) == len(test)
     assert sorted(overlay["generated_label"]) == sorted(generated.obs["condition"].astype(str))
@@ -160,10 +165,10 @@ def test_generation_on_an_embedding_method_fails_before_any_work(tmp_path, synth
     dataset = {"s": {"path": str(tmp_path / "s.h5ad"), "label_key": "cell_type"}}
     with pytest.raises(C2TInputError, match=r"methods\.counting: counting is an embedding method and none of the tasks "
                                             r"\(generation\) apply to it \(generation needs a generative method "
-                                            r"\(llm_cells\)\)"):
+                                            r"\(llm_cells, random_cells\)\)"):
         run_benchmark({"datasets": dataset, "methods": ["counting"], "tasks": ["generation"]}, tmp_path / "out")
-    with pytest.raises(C2TInputError, match=r"tasks: generation needs a generative method \(llm_cells\); the config's "
-                                            r"methods are: counting \(embedding\)"):
+    with pytest.raises(C2TInputError, match=r"tasks: generation needs a generative method \(llm_cells, random_cells\); "
+                                            r"the config's methods are: counting \(embedding\)"):
         run_benchmark({"datasets": dataset, "methods": ["counting"], "tasks": ["annotation", "generation"]},
                       tmp_path / "out")
     with pytest.raises(C2TInputError, match=r"methods\.gen: llm_cells is a generative method .* it can do: generation"):

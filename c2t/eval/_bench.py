@@ -186,7 +186,8 @@ def _generation_unit(spec: MethodSpec, data: _Dataset, cfg: BenchConfig, seed: i
 
     train, test, detail = data.split(seed)
     fn = GENERATIVE_METHODS[spec.method]
-    extra = {"seed": seed} if "seed" in inspect.signature(fn).parameters else {}
+    parameters = inspect.signature(fn).parameters
+    extra = {k: v for k, v in (("seed", seed), ("train", train)) if k in parameters}
     labels = sorted(set(data.labels[train]))
     generated, real = fn(data.adata, labels=labels, **spec.options, **extra)
     if real.n_obs != data.adata.n_obs or list(generated.var_names) != list(real.var_names):

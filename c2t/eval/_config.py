@@ -29,8 +29,8 @@ A config is YAML (or a dict)::
 
 Each task applies to the methods of its kind (:data:`METHOD_TASKS`): embedding methods (:data:`METHODS`) to
 annotation, novel_type, clustering, batch_mixing and drug_response; label methods to annotation; generative
-methods (``llm_cells``) to generation. A method none of whose kind's tasks are asked for, or a task that no
-method can do, fails the config. ``drug_response`` runs on the datasets that name their ``positive:`` label
+methods (``llm_cells``; ``random_cells`` is their control) to generation. A method none of whose kind's tasks
+are asked for, or a task that no method can do, fails the config. ``drug_response`` runs on the datasets that name their ``positive:`` label
 (e.g. resistant) and scores it against every other label. A dataset's ``filter:`` names a boolean obs column of
 the cells to keep (e.g. a QC flag).
 """
@@ -309,7 +309,7 @@ def load_config(config: str | os.PathLike | dict[str, Any], *, base: str | os.Pa
     >>> load_config({"datasets": {}, "methods": {"umap": {}}, "tasks": ["annotation"]})
     Traceback (most recent call last):
     ...
-    c2t._errors.C2TInputError: methods.umap: unknown method 'umap'; valid methods are: cellama, cellama_finetuned, genept_s, genept_w, llm, llm_cells, llm_generate, pca, plm, random
+    c2t._errors.C2TInputError: methods.umap: unknown method 'umap'; valid methods are: cellama, cellama_finetuned, genept_s, genept_w, llm, llm_cells, llm_generate, pca, plm, random, random_cells
     """
     if isinstance(config, dict):
         raw, base_dir = dict(config), Path(base or ".")

@@ -205,7 +205,6 @@ def llm_cells(adata, *, labels, model: str, per_label: int = 20, temperature: fl
         inverse model over the run's vocabulary, so both differ only in where the sentence came from.
     """
     from c2t.generate import generate_cells, read_run_info
-    from c2t.sentences import decode, from_adata
 
     info = read_run_info(model)
     known = info.labels("generation")
@@ -219,9 +218,49 @@ def llm_cells(adata, *, labels, model: str, per_label: int = 20, temperature: fl
                 "max_new_tokens": max_new_tokens or 3 * (top_k or 100) + 16}
     generated = generate_cells(model, labels={label: per_label for label in wanted}, backend=backend,
                                sampling=sampling, base_url=base_url, served_model=served_model)
-    sentences = from_adata(adata, top_k=top_k, seed=info.dataset.get("seed", 0))
-    real = decode(sentences.texts(), model=(info.vocabulary(), info.inverse_model()), delimiter=" ")
+    return generated, _decoded_real(adata, info)
+
+
+def _decoded_real(adata, info):
+    """``adata``'s cells as a run sees them: their top-k sentences decoded with the run's inverse model."""
+    from c2t.sentences import decode, from_adata
+
+    texts = from_adata(adata, top_k=info.top_k, seed=info.dataset.get("seed", 0)).texts()
+    real = decode(texts, model=(info.vocabulary(), info.inverse_model()), delimiter=" ")
     real.obs_names = adata.obs_names
+    return real
+
+
+def random_cells(adata, *, labels, train, model: str, per_label: int = 20, seed: int = 0):
+    """The generative control: for each label, ``per_label`` sentences of the run's top-k genes drawn at random
+    (without replacement, weighted by how often each gene is in the training cells' sentences, so label-blind but
+    with real genes at their overall frequency), decoded like :func:`llm_cells`' cells.
+
+    Returns
+    -------
+    generated, real : anndata.AnnData
+        As :func:`llm_cells`.
+    """
+    import pandas as pd
+
+    from c2t.generate import read_run_info
+    from c2t.sentences import decode
+
+    info = read_run_info(model)
+    vocabulary = np.asarray(info.vocabulary(), dtype=str)
+    real = _decoded_real(adata, info)
+    counts = np.asarray((real[np.asarray(train)].X > 0).sum(axis=0)).ravel().astype(float)
+    if counts.sum() == 0:
+        counts[:] = 1.0
+    top_k = info.top_k or 100
+    rng = np.random.default_rng(seed)
+    conditions = [str(label) for label in labels for _ in range(per_label)]
+    n_genes = min(top_k, int((counts > 0).sum()))
+    sentences = [" ".join(vocabulary[rng.choice(len(vocabulary), n_genes, replace=False, p=counts / counts.sum())])
+                 for _ in conditions]
+    obs = pd.DataFrame({"condition": pd.Categorical(conditions), "c2t_text": sentences},
+                       index=pd.Index([f"random_{i}" for i in range(len(conditions))]))
+    generated = decode(sentences, model=(info.vocabulary(), info.inverse_model()), delimiter=" ", obs=obs)
     return generated, real
 
 
@@ -229,4 +268,5 @@ def llm_cells(adata, *, labels, model: str, per_label: int = 20, temperature: fl
 #: (generated, real)`` AnnData pair in one representation (see :func:`llm_cells`).
 GENERATIVE_METHODS: dict[str, Callable] = {
     "llm_cells": llm_cells,
+    "random_cells": random_cells,
 }

@@ -127,14 +127,14 @@ def overlay_grid(overlays: dict[str, dict[str, np.ndarray]]):
         ax = fig.add_subplot(nrows, ncols, i + 1)
         for name in names:
             cells = o["real_label"] == name
-            ax.scatter(xy[:len(real)][cells, 0], xy[:len(real)][cells, 1], s=4, color=color[name], label=name,
-                       linewidths=0, alpha=0.6)
+            ax.scatter(xy[:len(real)][cells, 0], xy[:len(real)][cells, 1], s=9, color=color[name], label=name,
+                       linewidths=0, alpha=0.7)
         for name in names:
             cells = o["generated_label"] == name
-            ax.scatter(xy[len(real):][cells, 0], xy[len(real):][cells, 1], s=22, color=color[name], marker="X",
-                       edgecolors="black", linewidths=0.5)
-        ax.scatter([], [], s=4, color="grey", label="real (dot)")
-        ax.scatter([], [], s=22, color="grey", marker="X", edgecolors="black", linewidths=0.5, label="generated (cross)")
+            ax.scatter(xy[len(real):][cells, 0], xy[len(real):][cells, 1], s=16, color=color[name], marker="X",
+                       edgecolors="black", linewidths=0.3)
+        ax.scatter([], [], s=9, color="grey", label="real (dot)")
+        ax.scatter([], [], s=16, color="grey", marker="X", edgecolors="black", linewidths=0.3, label="generated (cross)")
         ax.set_title(f"{method}: {len(generated)} generated over {len(real)} real cells", fontsize=10)
         ax.set_xticks([])
         ax.set_yticks([])
