@@ -78,7 +78,8 @@ def _rank_chunk(source: MatrixSource, plan: GenePlan, start: int, stop: int, set
     raw = source.rows(start, stop)
     block, col_map = plan.apply(raw)
     cell_ids = source.obs_names(start, stop)
-    n_positive, n_bad, n_non_integer = _kernels.scan_rows(block.indptr, block.indices, block.data, col_map)
+    identity = len(col_map) == len(plan.vocabulary) and bool((col_map == np.arange(len(col_map))).all())
+    n_positive, n_bad, n_non_integer = _kernels.scan_rows(block.indptr, block.indices, block.data, col_map, identity)
     if n_bad:
         where = f"{source.name} ({source.matrix}), rows {start}-{stop}"
         raise C2TInputError(_first_bad(raw, where, cell_ids, lambda c: str(source.var.index[c])))
@@ -93,16 +94,16 @@ def _rank_chunk(source: MatrixSource, plan: GenePlan, start: int, stop: int, set
     offsets = np.concatenate([[0], np.cumsum(lengths)]).astype(np.int64)
     ids = np.empty(offsets[-1], dtype=np.int32)
     values = np.empty(offsets[-1], dtype=np.uint32)
-    bits = _kernels.bits_for(n_genes)
-    _kernels.rank_rows(block.indptr, block.indices, _kernels.float_bits(block.data), col_map, start, settings.seed, bits,
-                       lengths, offsets, ids, values)
+    value_bits = _kernels.float_bits(block.data)
+    _kernels.rank_rows(block.indptr, block.indices, value_bits, col_map, identity, start, settings.seed,
+                       _kernels.bits_for(n_genes), lengths, offsets, ids, values)
     library_sizes = None if block is raw else np.asarray(raw.sum(axis=1), dtype=np.float64).ravel()
-    stats = _inverse_stats(block, col_map, start, n_positive, settings, library_sizes)
+    stats = _inverse_stats(block, value_bits, col_map, start, n_positive, settings, library_sizes)
     obs = source.obs_columns(settings.obs_keys, start, stop) if settings.obs_keys else pd.DataFrame(index=range(stop - start))
     return _Chunk(start, cell_ids, offsets, ids, obs, stats, int((n_positive == 0).sum()), int(n_positive.sum()))
 
 
-def _inverse_stats(block, col_map, start: int, n_positive: np.ndarray, settings: _Settings,
+def _inverse_stats(block, value_bits, col_map, start: int, n_positive: np.ndarray, settings: _Settings,
                    library_sizes: np.ndarray | None = None) -> RankStats:
     """Full-sentence (rank, normalised expression) statistics of the sampled cells of a chunk.
 
@@ -119,8 +120,8 @@ def _inverse_stats(block, col_map, start: int, n_positive: np.ndarray, settings:
     offsets = np.concatenate([[0], np.cumsum(lengths)]).astype(np.int64)
     values = np.empty(offsets[-1], dtype=np.float32)
     totals = np.empty(len(rows), dtype=np.float64)
-    _kernels.sorted_row_values(block.indptr, block.indices, block.data, col_map, rows.astype(np.int64), lengths,
-                               offsets, values, totals)
+    _kernels.sorted_row_values(block.indptr, block.indices, block.data, value_bits, col_map, rows.astype(np.int64),
+                               lengths, offsets, values, totals)
     values = values.astype(np.float64)
     if settings.input_kind == "counts":
         if library_sizes is not None:  # columns were merged or dropped: the library size is the raw row's

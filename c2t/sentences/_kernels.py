@@ -54,156 +54,233 @@ def _sift_down(heap, i, size):
             return
 
 
+#: Rows per parallel work item. Scratch buffers are allocated once per block (a per-row allocation costs
+#: about as much as ranking the row) and the threshold guess is carried from row to row within a block.
+_BLOCK = 128
+#: The guess for a row's k-th largest value is the previous row's, lowered by this much in float32 bits
+#: (1/8 of a binade: about 6-12 % in value) so that usually a little more than k values pass it.
+_GUESS_MARGIN = np.uint32(1 << 20)
+
+
 @nb.njit(parallel=True, cache=True, nogil=True)
-def scan_rows(indptr, indices, data, col_map):
+def scan_rows(indptr, indices, data, col_map, identity):
     """Per row: the number of positive kept entries; and for the block: bad values and non-integers.
 
     Returns ``(n_positive, n_bad, n_non_integer)``; ``n_bad`` counts negative, NaN and infinite values.
+    ``identity`` says every column is kept as itself (``col_map`` is ``arange``), which skips the lookups.
     """
     n = len(indptr) - 1
     n_positive = np.zeros(n, np.int64)
     bad = np.zeros(n, np.int64)
     non_integer = np.zeros(n, np.int64)
     for i in nb.prange(n):
-        count = 0
-        n_bad = 0
-        n_frac = 0
+        # int32 counters and bitwise (not short-circuit) operators keep the loop branch-free: it vectorises
+        count = np.int32(0)
+        n_bad = np.int32(0)
+        n_frac = np.int32(0)
         for j in range(indptr[i], indptr[i + 1]):
             v = data[j]
-            if not (v >= 0.0) or np.isinf(v):
-                n_bad += 1
-            elif v > 0.0:
-                if v != np.floor(v):
-                    n_frac += 1
-                if col_map[indices[j]] >= 0:
-                    count += 1
+            n_bad += np.int32((v < 0.0) | (v != v) | (v == np.inf))
+            n_frac += np.int32(v != np.floor(v))
+            count += np.int32(v > 0.0)
+        if not identity:  # recount without the dropped columns (rare: most inputs keep every column)
+            count = np.int32(0)
+            for j in range(indptr[i], indptr[i + 1]):
+                count += np.int32((data[j] > 0.0) & (col_map[indices[j]] >= 0))
         n_positive[i] = count
         bad[i] = n_bad
         non_integer[i] = n_frac
     return n_positive, bad.sum(), non_integer.sum()
 
 
+@nb.njit(inline="always")
+def _median3(a, b, c):
+    if a < b:
+        return b if b < c else max(a, c)
+    return a if a < c else max(b, c)
+
+
+@nb.njit(inline="always")
+def _select_top(values, n, k):
+    """Partition ``values[:n]`` in place so that ``values[:k]`` are the ``k`` largest; return the k-th largest.
+
+    Quickselect (Hoare partition, median-of-three pivot); equal values are fine.
+    """
+    lo, hi = 0, n - 1
+    target = k - 1
+    while lo < hi:
+        pivot = _median3(values[lo], values[(lo + hi) >> 1], values[hi])
+        i, j = lo, hi
+        while i <= j:
+            while values[i] > pivot:
+                i += 1
+            while values[j] < pivot:
+                j -= 1
+            if i <= j:
+                tmp = values[i]
+                values[i] = values[j]
+                values[j] = tmp
+                i += 1
+                j -= 1
+        if target <= j:
+            hi = j
+        elif target >= i:
+            lo = i
+        else:
+            break
+    return values[target]
+
+
+@nb.njit(inline="always")
+def _collect(value_bits, indices, col_map, identity, start, stop, floor, out):
+    """Copy the kept values with bits >= ``floor`` (>= 1: zeros never pass) of one row into ``out``."""
+    count = 0
+    for j in range(start, stop):
+        bits = value_bits[j]
+        if bits >= floor and bits < np.uint32(0x80000000) and (identity or col_map[indices[j]] >= 0):
+            out[count] = bits
+            count += 1
+    return count
+
+
 @nb.njit(parallel=True, cache=True, nogil=True)
-def rank_rows(indptr, indices, value_bits, col_map, row0, seed, mbits, lengths, offsets, out_ids, out_values):
+def rank_rows(indptr, indices, value_bits, col_map, identity, row0, seed, mbits, lengths, offsets, out_ids,
+              out_values):
     """Write each row's top ``lengths[i]`` genes (value descending, seeded tie-break) at ``offsets[i]``.
 
     ``value_bits`` is the float32 data viewed as uint32 (see :func:`float_bits`); values were validated
     (no NaN, no negatives) before, so positive values are exactly the non-zero bit patterns.
 
     Count data has few distinct values per cell (hundreds of genes share the value of one count), so the
-    work is split in two passes. The first finds the k-th largest value with a heap of value bits alone:
-    a value equal to the current k-th cannot change it, so ties cost one comparison. The second builds keys
-    for the genes above that value (all kept) and, among the genes tied at it, keeps those with the largest
-    seeded permutation; the kept keys are then sorted.
+    work is split in two passes. The first finds the k-th largest value: the values at or above a guess
+    (the previous row's k-th value, lowered a little; neighbouring cells look alike) are copied out and a
+    quickselect picks the k-th among them; if fewer than k pass the guess, every value is a candidate.
+    The second builds keys for the genes above that value (all kept) and, among the genes tied at it,
+    keeps those with the largest seeded permutation; the kept keys are then sorted. The guess only
+    decides how much work the first pass does, never the result.
     """
     n = len(indptr) - 1
     mask = np.uint64((1 << mbits) - 1)
     shift = np.uint64((mbits + 1) // 2)  # 2 * shift >= mbits: x ^ (x >> shift) is its own inverse
-    for i in nb.prange(n):
-        k = lengths[i]
-        if k == 0:
-            continue
-        start, stop = indptr[i], indptr[i + 1]
-        # pass 1: the k-th largest value (as bits) among the kept positive entries
-        heap = np.empty(k, np.uint32)
-        size = 0
-        for j in range(start, stop):
-            bits = value_bits[j]
-            if bits == 0 or bits >= np.uint32(0x80000000):
+    for b in nb.prange((n + _BLOCK - 1) // _BLOCK):
+        lo, hi = b * _BLOCK, min(n, (b + 1) * _BLOCK)
+        max_len, max_k = 1, 1
+        for i in range(lo, hi):
+            max_len = max(max_len, indptr[i + 1] - indptr[i])
+            max_k = max(max_k, lengths[i])
+        candidates = np.empty(max_len, np.uint32)
+        keys = np.empty(max_k, np.uint64)
+        tied = np.empty(max_k, np.uint64)  # min-heap of the best tied keys
+        guess = np.uint32(1)
+        for i in range(lo, hi):
+            k = lengths[i]
+            if k == 0:
                 continue
-            if size == k and bits <= heap[0]:
-                continue  # cannot change the k-th largest value: most entries end here
-            if col_map[indices[j]] < 0:
-                continue
-            if size < k:
-                heap[size] = bits
-                c = size
-                size += 1
-                while c > 0:
-                    p = (c - 1) // 2
-                    if heap[c] < heap[p]:
-                        tmp = heap[c]
-                        heap[c] = heap[p]
-                        heap[p] = tmp
-                        c = p
-                    else:
-                        break
-            else:
-                heap[0] = bits
-                _sift_down(heap, 0, size)
-        threshold = heap[0]
-        n_above = 0
-        for t in range(size):
-            if heap[t] > threshold:
-                n_above += 1
-        n_tied = k - n_above  # how many of the genes at the threshold value are kept
-        # pass 2: keys of the kept genes
-        mult, add, inv = _cell_constants(seed, row0 + i)
-        keys = np.empty(k, np.uint64)
-        tied = np.empty(n_tied, np.uint64)  # min-heap of the best tied keys
-        n_keys = 0
-        n_tied_kept = 0
-        for j in range(start, stop):
-            bits = value_bits[j]
-            if bits < threshold or bits >= np.uint32(0x80000000):
-                continue
-            gene = col_map[indices[j]]
-            if gene < 0:
-                continue
-            x = (np.uint64(gene) * mult + add) & mask
-            x = x ^ (x >> shift)
-            key = (np.uint64(bits) << np.uint64(32)) | x
-            if bits > threshold:
-                keys[n_keys] = key
-                n_keys += 1
-            elif n_tied_kept < n_tied:
-                tied[n_tied_kept] = key
-                c = n_tied_kept
-                n_tied_kept += 1
-                while c > 0:
-                    p = (c - 1) // 2
-                    if tied[c] < tied[p]:
-                        tmp = tied[c]
-                        tied[c] = tied[p]
-                        tied[p] = tmp
-                        c = p
-                    else:
-                        break
-            elif key > tied[0]:
-                tied[0] = key
-                _sift_down(tied, 0, n_tied_kept)
-        for t in range(n_tied_kept):
-            keys[n_keys + t] = tied[t]
-        keys = np.sort(keys)
-        base = offsets[i]
-        for t in range(k):  # ascending keys: write from the end for descending order
-            key = keys[t]
-            x = key & mask
-            x = x ^ (x >> shift)
-            out_ids[base + k - 1 - t] = np.int32(((x - add) * inv) & mask)
-            out_values[base + k - 1 - t] = np.uint32(key >> np.uint64(32))
+            start, stop = indptr[i], indptr[i + 1]
+            # pass 1: the k-th largest value (as bits) among the kept positive entries
+            n_candidates = _collect(value_bits, indices, col_map, identity, start, stop, guess, candidates)
+            if n_candidates < k:
+                n_candidates = _collect(value_bits, indices, col_map, identity, start, stop, np.uint32(1), candidates)
+            threshold = _select_top(candidates, n_candidates, k)
+            guess = threshold - _GUESS_MARGIN if threshold > _GUESS_MARGIN else np.uint32(1)
+            n_above = 0
+            for t in range(k):
+                n_above += candidates[t] > threshold
+            n_tied = k - n_above  # how many of the genes at the threshold value are kept
+            # pass 2: keys of the kept genes
+            mult, add, inv = _cell_constants(seed, row0 + i)
+            n_keys = 0
+            n_tied_kept = 0
+            for j in range(start, stop):
+                bits = value_bits[j]
+                if bits < threshold or bits >= np.uint32(0x80000000):
+                    continue
+                gene = indices[j] if identity else col_map[indices[j]]
+                if gene < 0:
+                    continue
+                x = (np.uint64(gene) * mult + add) & mask
+                x = x ^ (x >> shift)
+                key = (np.uint64(bits) << np.uint64(32)) | x
+                if bits > threshold:
+                    keys[n_keys] = key
+                    n_keys += 1
+                elif n_tied_kept < n_tied:
+                    tied[n_tied_kept] = key
+                    c = n_tied_kept
+                    n_tied_kept += 1
+                    while c > 0:
+                        p = (c - 1) // 2
+                        if tied[c] < tied[p]:
+                            tmp = tied[c]
+                            tied[c] = tied[p]
+                            tied[p] = tmp
+                            c = p
+                        else:
+                            break
+                elif key > tied[0]:
+                    tied[0] = key
+                    _sift_down(tied, 0, n_tied_kept)
+            for t in range(n_tied_kept):
+                keys[n_keys + t] = tied[t]
+            keys[:k].sort()
+            base = offsets[i]
+            for t in range(k):  # ascending keys: write from the end for descending order
+                key = keys[t]
+                x = key & mask
+                x = x ^ (x >> shift)
+                out_ids[base + k - 1 - t] = np.int32(((x - add) * inv) & mask)
+                out_values[base + k - 1 - t] = np.uint32(key >> np.uint64(32))
+
+
+@nb.njit(inline="always")
+def _radix_sort(keys, scratch, n, counts):
+    """Sort ``keys[:n]`` (uint32) ascending by three 11-bit LSD radix passes that alternate between ``keys``
+    and ``scratch``; return the one holding the result. About twice as fast as a comparison sort on rows
+    of hundreds to thousands of values."""
+    src, dst = keys, scratch
+    for shift in (0, 11, 22):
+        counts[:] = 0
+        for t in range(n):
+            counts[(src[t] >> shift) & 2047] += 1
+        total = 0
+        for d in range(2048):
+            c = counts[d]
+            counts[d] = total
+            total += c
+        for t in range(n):
+            d = (src[t] >> shift) & 2047
+            dst[counts[d]] = src[t]
+            counts[d] += 1
+        src, dst = dst, src
+    return src
 
 
 @nb.njit(parallel=True, cache=True, nogil=True)
-def sorted_row_values(indptr, indices, data, col_map, rows, lengths, offsets, out_values, out_totals):
-    """For each row in ``rows``: its positive kept values in descending order (at ``offsets``) and the sum
-    of all its values (the library size, over every column)."""
-    for r in nb.prange(len(rows)):
-        i = rows[r]
-        buffer = np.empty(lengths[r], np.float32)
-        count = 0
-        total = 0.0
-        for j in range(indptr[i], indptr[i + 1]):
-            v = data[j]
-            total += v
-            if v > 0.0 and col_map[indices[j]] >= 0:
-                buffer[count] = v
-                count += 1
-        buffer = np.sort(buffer[:count])
-        base = offsets[r]
-        for t in range(count):
-            out_values[base + t] = buffer[count - 1 - t]
-        out_totals[r] = total
+def sorted_row_values(indptr, indices, data, value_bits, col_map, rows, lengths, offsets, out_values, out_totals):
+    """For each row in ``rows``: its positive kept values in descending order (at ``offsets``, as float32)
+    and the sum of all its values (the library size, over every column). ``value_bits`` is
+    :func:`float_bits` of ``data``."""
+    n = len(rows)
+    for b in nb.prange((n + _BLOCK - 1) // _BLOCK):
+        lo, hi = b * _BLOCK, min(n, (b + 1) * _BLOCK)
+        size = max(1, lengths[lo:hi].max())
+        keys, scratch = np.empty(size, np.uint32), np.empty(size, np.uint32)
+        counts = np.empty(2048, np.int64)
+        for r in range(lo, hi):
+            i = rows[r]
+            count = 0
+            total = 0.0
+            for j in range(indptr[i], indptr[i + 1]):
+                total += data[j]
+                bits = value_bits[j]
+                if bits > 0 and bits < np.uint32(0x80000000) and col_map[indices[j]] >= 0:
+                    keys[count] = bits
+                    count += 1
+            ordered = _radix_sort(keys, scratch, count, counts).view(np.float32)
+            base = offsets[r]
+            for t in range(count):
+                out_values[base + t] = ordered[count - 1 - t]
+            out_totals[r] = total
 
 
 @nb.njit(cache=True, nogil=True)
