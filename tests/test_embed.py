@@ -118,6 +118,21 @@ def test_genes_without_text_contribute_nothing(synth):
                                atol=1e-6)
 
 
+def test_weighted_sum_equals_scipy_across_gene_blocks():
+    """The product kernel adds eight genes at a time within blocks of 1,024 genes; rows of every length
+    (0 to ~1,500 non-zeros over 3,000 genes, so groups straddle block edges) must equal scipy's product."""
+    from c2t.embed._kernels import weighted_sum
+
+    rng = np.random.default_rng(3)
+    lengths = rng.integers(0, 1500, size=200)
+    lengths[:5] = [0, 1, 7, 8, 9]
+    rows = [np.sort(rng.choice(3000, size=m, replace=False)) for m in lengths]
+    X = sp.csr_matrix((rng.random(lengths.sum()).astype(np.float32), np.concatenate(rows),
+                       np.concatenate([[0], np.cumsum(lengths)])), shape=(200, 3000))
+    dense = rng.standard_normal((3000, 24)).astype(np.float32)
+    np.testing.assert_allclose(weighted_sum(X, dense), (X @ dense.astype(np.float64)), rtol=1e-4, atol=1e-4)
+
+
 def test_genept_w_of_a_cell_does_not_depend_on_the_other_cells(synth):
     ge = gene_vectors(list(synth.var_names))
     full = emb.genept_w(synth, ge, copy=True).obsm["X_genept_w"]
