@@ -5,6 +5,11 @@ Work is done per (dataset, method, seed) and each unit's result rows are written
 sha256, the dataset and method settings, tasks, heads, seed, quick mode, c2t version). A rerun reuses every
 finished unit whose key matches and retries failed ones. A method that raises is recorded with its error and
 the run goes on.
+
+Methods are of three kinds: embedding methods (the tasks train heads, cluster and measure batch mixing on their
+embedding), label methods (they label the test cells themselves: annotation only) and generative methods (they
+generate cells for the training labels: the generation task, whose first seed also saves ``generation.npz``, the
+PCA coordinates of the generated and real held-out cells for the report's overlay UMAP).
 """
 
 from __future__ import annotations
