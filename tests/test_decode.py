@@ -127,6 +127,20 @@ def test_decode_of_cell_sentences_equals_decode_of_their_texts(model):
     np.testing.assert_array_equal(by_ids.obs["c2t_n_genes"], model.lengths)
 
 
+def test_decoding_in_chunks_changes_nothing(model, monkeypatch):
+    """Texts are tokenised a bounded number of sentences at a time; the result and report are the same."""
+    import c2t.sentences._decode as decode_module
+
+    texts = [*model.texts(top_k=20)[:40], "NOT_A_GENE " * 3, "", "nope " + model.texts(top_k=3)[0]]
+    whole = decode(texts, model=model)
+    monkeypatch.setattr(decode_module, "_DECODE_CHUNK", 7)
+    chunked = decode(texts, model=model)
+    assert (whole.X != chunked.X).nnz == 0
+    pd.testing.assert_frame_equal(whole.obs, chunked.obs)
+    assert whole.uns["c2t_decode"] == chunked.uns["c2t_decode"]
+    assert chunked.uns["c2t_decode"]["unknown_examples"] == {"NOT_A_GENE": 3, "nope": 1}
+
+
 def test_decoded_values_follow_the_sentence_order(model):
     decoded = decode(model[:10], model=model)
     for i in range(10):

@@ -208,6 +208,20 @@ def test_texts_are_gene_names_in_rank_order(synth):
         assert cs.texts(delimiter=",")[i] == ",".join(cs.genes_of(i))
 
 
+@pytest.mark.parametrize("chunk_genes", [1, 37, 10_000_000])
+def test_texts_are_the_same_however_they_are_chunked(synth, monkeypatch, chunk_genes):
+    """Full sentences are rendered a bounded number of gene names at a time; chunk edges change nothing."""
+    import c2t.sentences._core as core
+
+    cs = from_adata(synth, top_k=None)
+    expected = [" ".join(synth.var_names[sentence(cs, i)]) for i in range(len(cs))]
+    monkeypatch.setattr(core, "_TEXT_CHUNK_GENES", chunk_genes)
+    assert cs.texts() == expected
+    assert cs.texts_arrow().to_pylist() == expected
+    assert cs.texts(top_k=4) == [" ".join(t.split()[:4]) for t in expected]
+    assert cs[:0].texts() == []
+
+
 def test_truncating_full_sentences_equals_converting_with_top_k(synth):
     """Ties are broken by a total order per cell, so top-k of a full sentence is the top_k sentence."""
     full = from_adata(synth, top_k=None)

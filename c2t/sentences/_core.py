@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import json
 import os
 import shutil
@@ -24,6 +25,8 @@ CELL_ID = "cell_id"
 GENES = "genes"
 SHARD_DIR = "shards"
 VOCAB_FILE = "vocabulary.txt"
+#: Gene names rendered per chunk by :meth:`CellSentences.texts` (bounds its intermediate Arrow arrays).
+_TEXT_CHUNK_GENES = 2_000_000
 
 
 def _check_top_k(top_k: int | None) -> None:
@@ -138,16 +141,32 @@ class CellSentences:
         offset_type = pa.int64() if list_type is pa.LargeListArray else pa.int32()
         return list_type.from_arrays(pa.array(offsets, offset_type), pa.array(ids, pa.int32()))
 
-    def texts_arrow(self, *, top_k: int | None = None, delimiter: str = " ") -> pa.Array:
-        """Sentences as an Arrow string array (no Python strings are built)."""
+    def _text_chunks(self, top_k: int | None, delimiter: str):
+        """Yield the sentences as Arrow string arrays, a run of cells holding at most ~``_TEXT_CHUNK_GENES``
+        gene names at a time: the intermediate array of names (one string per gene of every sentence) is
+        then bounded, not the size of all full sentences at once."""
         offsets, ids = self._truncated(top_k)
-        names = pa.array(self.vocabulary.astype(str), pa.large_string()).take(pa.array(ids))
-        lists = pa.LargeListArray.from_arrays(pa.array(offsets, pa.int64()), names)
-        return pc.binary_join(lists, pa.scalar(delimiter, pa.large_string()))
+        vocabulary = pa.array(self.vocabulary.astype(str), pa.large_string())
+        separator = pa.scalar(delimiter, pa.large_string())
+        n = len(offsets) - 1
+        cuts = np.minimum(np.searchsorted(offsets, np.arange(_TEXT_CHUNK_GENES, offsets[-1], _TEXT_CHUNK_GENES)), n)
+        bounds = np.unique(np.concatenate([[0], cuts, [n]]).astype(np.int64))
+        for lo, hi in itertools.pairwise(bounds):
+            part = offsets[lo : hi + 1]
+            names = vocabulary.take(pa.array(ids[part[0] : part[-1]]))
+            lists = pa.LargeListArray.from_arrays(pa.array(part - part[0], pa.int64()), names)
+            yield pc.binary_join(lists, separator)
+
+    def texts_arrow(self, *, top_k: int | None = None, delimiter: str = " ") -> pa.ChunkedArray:
+        """Sentences as an Arrow string array, built in chunks of cells (no Python strings are made)."""
+        return pa.chunked_array(list(self._text_chunks(top_k, delimiter)), pa.large_string())
 
     def texts(self, *, top_k: int | None = None, delimiter: str = " ") -> list[str]:
         """Cell sentences as text: the top ``top_k`` gene names joined by ``delimiter``."""
-        return self.texts_arrow(top_k=top_k, delimiter=delimiter).to_pylist()
+        out: list[str] = []
+        for chunk in self._text_chunks(top_k, delimiter):
+            out.extend(chunk.to_pylist())
+        return out
 
     def to_arrow(self, *, top_k: int | None = None, delimiter: str = " ", text_column: str = "cell_sentence") -> pa.Table:
         """A table with ``cell_id``, the sentence text, the ranked ids and the obs columns."""

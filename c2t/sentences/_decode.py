@@ -19,6 +19,8 @@ from c2t.sentences._core import KIND, VOCAB_FILE, CellSentences
 from c2t.sentences._inverse import InverseModel
 
 _TRIM = " \t\r\n.,;:"
+#: Sentences tokenised at a time (bounds the memory of the Arrow token arrays).
+_DECODE_CHUNK = 20_000
 
 
 def load_model(path: str | os.PathLike) -> tuple[np.ndarray, InverseModel]:
@@ -39,9 +41,9 @@ def load_model(path: str | os.PathLike) -> tuple[np.ndarray, InverseModel]:
     return vocabulary, InverseModel.from_dict(manifest["inverse_model"])
 
 
-def _tokenize(sentences, delimiter: str | None) -> tuple[np.ndarray, pa.Array]:
+def _tokenize(sentences: pa.Array | pa.ChunkedArray, delimiter: str | None) -> tuple[np.ndarray, pa.Array]:
     """Split sentences into tokens; return each token's sentence index and the trimmed tokens."""
-    arr = sentences if isinstance(sentences, pa.Array | pa.ChunkedArray) else pa.array(list(sentences), pa.large_string())
+    arr = sentences
     if isinstance(arr, pa.ChunkedArray):
         arr = arr.combine_chunks()
     if arr.null_count:
@@ -147,13 +149,23 @@ def decode(
         if isinstance(sentences, str):
             msg = "sentences must be a sequence of texts, not one string"
             raise C2TInputError(msg)
+        if not isinstance(sentences, pa.Array | pa.ChunkedArray):
+            sentences = pa.array(list(sentences), pa.large_string())
         n_cells = len(sentences)
-        rows, tokens = _tokenize(sentences, delimiter)
-        genes, n_case = _lookup(tokens, vocabulary, case_insensitive=case_insensitive)
-        unknown = genes < 0
-        if unknown.any():
-            counts = pd.Series(tokens.filter(pa.array(unknown)).to_pylist()).value_counts().head(10)
-            n_unknown_examples = {str(k): int(v) for k, v in counts.items()}
+        row_parts, gene_parts, unknown_counts = [], [], []
+        for lo in range(0, n_cells, _DECODE_CHUNK):  # tokens of a bounded number of sentences at a time
+            rows, tokens = _tokenize(sentences[lo : lo + _DECODE_CHUNK], delimiter)
+            genes, n_case_part = _lookup(tokens, vocabulary, case_insensitive=case_insensitive)
+            row_parts.append(rows + lo)
+            gene_parts.append(genes)
+            n_case += n_case_part
+            if (genes < 0).any():
+                unknown_counts.append(pd.Series(tokens.filter(pa.array(genes < 0)).to_pylist()).value_counts())
+        rows = np.concatenate(row_parts) if row_parts else np.zeros(0, np.int64)
+        genes = np.concatenate(gene_parts) if gene_parts else np.zeros(0, np.int64)
+        if unknown_counts:
+            counts = pd.concat(unknown_counts).groupby(level=0).sum().sort_values(ascending=False, kind="stable")
+            n_unknown_examples = {str(k): int(v) for k, v in counts.head(10).items()}
         default_index = np.array([f"cell_{i}" for i in range(n_cells)])
     keep, rank = dedupe_tokens(rows.astype(np.int64), genes, n_cells, len(vocabulary))
     unknown = genes < 0
