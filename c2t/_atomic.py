@@ -56,3 +56,42 @@ def replace_dir(staging: Path, target: Path) -> None:
     os.replace(staging, target)
     if old is not None:
         shutil.rmtree(old, ignore_errors=True)
+
+
+@contextlib.contextmanager
+def staged_dir(path: str | os.PathLike) -> Iterator[Path]:
+    """Yield an empty hidden folder beside ``path`` to write a whole output folder into.
+
+    When the block succeeds the folder replaces ``path`` (:func:`replace_dir`); when it raises, the folder
+    is removed and ``path`` is left as it was.
+
+    Examples
+    --------
+    >>> import tempfile, pathlib
+    >>> d = pathlib.Path(tempfile.mkdtemp())
+    >>> with staged_dir(d / "out") as staging:
+    ...     _ = (staging / "a.txt").write_text("hello")
+    >>> sorted(p.name for p in d.iterdir()), (d / "out" / "a.txt").read_text()
+    (['out'], 'hello')
+
+    A crash inside the block leaves the old folder untouched and no staging folder behind:
+
+    >>> try:
+    ...     with staged_dir(d / "out") as staging:
+    ...         _ = (staging / "b.txt").write_text("half")
+    ...         raise RuntimeError("crash")
+    ... except RuntimeError:
+    ...     pass
+    >>> sorted(p.name for p in d.iterdir()), sorted(p.name for p in (d / "out").iterdir())
+    (['out'], ['a.txt'])
+    """
+    path = Path(path)
+    staging = path.with_name(f".{path.name}.partial")
+    shutil.rmtree(staging, ignore_errors=True)
+    staging.mkdir(parents=True)
+    try:
+        yield staging
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise
+    replace_dir(staging, path)

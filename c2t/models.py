@@ -8,10 +8,9 @@ from __future__ import annotations
 
 import importlib.util
 import os
-import shutil
 from pathlib import Path
 
-from c2t._atomic import replace_dir
+from c2t._atomic import staged_dir
 from c2t._errors import C2TInputError
 
 __all__ = ["gguf_to_hf", "minilm_path", "smollm2_gguf", "smollm2_hf"]
@@ -63,11 +62,9 @@ def gguf_to_hf(gguf_file: str | os.PathLike, out: str | os.PathLike) -> Path:
     config = AutoConfig.for_model(**config)
     model = AutoModelForCausalLM.from_config(config, dtype=torch.float32)
     model.load_state_dict(quantised.state_dict())
-    staging = out.with_name(f".{out.name}.partial")
-    shutil.rmtree(staging, ignore_errors=True)
-    model.save_pretrained(staging)
-    tokenizer.save_pretrained(staging)
-    replace_dir(staging, out)
+    with staged_dir(out) as staging:
+        model.save_pretrained(staging)
+        tokenizer.save_pretrained(staging)
     return out
 
 

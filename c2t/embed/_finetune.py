@@ -15,7 +15,7 @@ from typing import Any
 
 import numpy as np
 
-from c2t._atomic import replace_dir
+from c2t._atomic import staged_dir
 from c2t._errors import C2TInputError
 from c2t._manifest import write_manifest
 
@@ -105,20 +105,20 @@ def finetune_cellama(
     model = SentenceTransformer(str(model_path), device="cpu", local_files_only=True)
     if max_seq_length:
         model.max_seq_length = max_seq_length
-    staging = out.with_name(f".{out.name}.partial")
-    args = SentenceTransformerTrainingArguments(
-        output_dir=str(staging / "checkpoints"), num_train_epochs=epochs, per_device_train_batch_size=batch_size,
-        learning_rate=learning_rate, seed=seed, report_to="none", save_strategy="no", logging_steps=10,
-        use_cpu=True,
-    )
-    trainer = SentenceTransformerTrainer(model=model, args=args, train_dataset=train, loss=CosineSimilarityLoss(model))
-    result = trainer.train()
-    shutil.rmtree(staging, ignore_errors=True)
-    model.save(str(staging))
-    write_manifest(staging, {
-        "kind": "cellama_model", "base_model": str(model_path), "n_cells": adata.n_obs, "n_pairs": len(train),
-        "top_k": top_k, "metadata_keys": list(metadata_keys), "pca_key": pca_key, "epochs": epochs,
-        "learning_rate": learning_rate, "seed": seed, "train_loss": float(result.training_loss),
-    })
-    replace_dir(staging, out)
+    with staged_dir(out) as staging:
+        args = SentenceTransformerTrainingArguments(
+            output_dir=str(staging / "checkpoints"), num_train_epochs=epochs, per_device_train_batch_size=batch_size,
+            learning_rate=learning_rate, seed=seed, report_to="none", save_strategy="no", logging_steps=10,
+            use_cpu=True,
+        )
+        trainer = SentenceTransformerTrainer(model=model, args=args, train_dataset=train,
+                                             loss=CosineSimilarityLoss(model))
+        result = trainer.train()
+        shutil.rmtree(staging / "checkpoints", ignore_errors=True)
+        model.save(str(staging))
+        write_manifest(staging, {
+            "kind": "cellama_model", "base_model": str(model_path), "n_cells": adata.n_obs, "n_pairs": len(train),
+            "top_k": top_k, "metadata_keys": list(metadata_keys), "pca_key": pca_key, "epochs": epochs,
+            "learning_rate": learning_rate, "seed": seed, "train_loss": float(result.training_loss),
+        })
     return out

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import os
-import shutil
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -12,7 +11,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from c2t._atomic import atomic_path, replace_dir, write_text_atomic
+from c2t._atomic import atomic_path, staged_dir, write_text_atomic
 from c2t._errors import C2TInputError
 from c2t._manifest import read_manifest, vocabulary_hash, write_manifest
 from c2t.genes._encoders import TextEncoder, encode_cached
@@ -83,16 +82,13 @@ class GeneEmbeddings:
     def save(self, path: str | os.PathLike) -> Path:
         """Save ``vectors.npy``, ``genes.tsv`` (gene, has_text) and ``manifest.json`` into a folder, atomically."""
         path = Path(path)
-        staging = path.with_name(f".{path.name}.partial")
-        shutil.rmtree(staging, ignore_errors=True)
-        staging.mkdir(parents=True)
-        with atomic_path(staging / "vectors.npy") as tmp, open(tmp, "wb") as f:
-            np.save(f, self.vectors)
-        table = pd.DataFrame({"gene": self.genes.astype(str), "has_text": self.has_text})
-        write_text_atomic(staging / "genes.tsv", table.to_csv(sep="\t", index=False))
-        write_manifest(staging, {**self.manifest, "kind": KIND, "n_genes": len(self.genes), "dim": self.dim,
-                                 "vocabulary_hash": vocabulary_hash(self.genes)})
-        replace_dir(staging, path)
+        with staged_dir(path) as staging:
+            with atomic_path(staging / "vectors.npy") as tmp, open(tmp, "wb") as f:
+                np.save(f, self.vectors)
+            table = pd.DataFrame({"gene": self.genes.astype(str), "has_text": self.has_text})
+            write_text_atomic(staging / "genes.tsv", table.to_csv(sep="\t", index=False))
+            write_manifest(staging, {**self.manifest, "kind": KIND, "n_genes": len(self.genes), "dim": self.dim,
+                                     "vocabulary_hash": vocabulary_hash(self.genes)})
         return path
 
     @classmethod

@@ -4,14 +4,13 @@ from __future__ import annotations
 
 import os
 import pickle
-import shutil
 from pathlib import Path
 from typing import Any, ClassVar
 
 import numpy as np
 import pandas as pd
 
-from c2t._atomic import atomic_path, replace_dir
+from c2t._atomic import atomic_path, staged_dir
 from c2t._errors import C2TInputError
 from c2t._manifest import read_manifest, write_manifest
 
@@ -86,14 +85,11 @@ class EmbeddingHead:
     def save(self, path: str | os.PathLike) -> Path:
         """Save to a folder (``head.pkl`` + ``manifest.json``), atomically."""
         path = Path(path)
-        staging = path.with_name(f".{path.name}.partial")
-        shutil.rmtree(staging, ignore_errors=True)
-        staging.mkdir(parents=True)
-        with atomic_path(staging / "head.pkl") as tmp, open(tmp, "wb") as f:
-            pickle.dump(self, f)
-        write_manifest(staging, {"kind": KIND, "method": self.method, "classes": self.classes_.tolist(),
-                                 "dim": self.dim_, **getattr(self, "info_", {})})
-        replace_dir(staging, path)
+        with staged_dir(path) as staging:
+            with atomic_path(staging / "head.pkl") as tmp, open(tmp, "wb") as f:
+                pickle.dump(self, f)
+            write_manifest(staging, {"kind": KIND, "method": self.method, "classes": self.classes_.tolist(),
+                                     "dim": self.dim_, **getattr(self, "info_", {})})
         return path
 
 

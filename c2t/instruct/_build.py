@@ -16,7 +16,6 @@ import dataclasses
 import hashlib
 import json
 import os
-import shutil
 from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -26,7 +25,7 @@ from typing import Any
 import numpy as np
 import pyarrow as pa
 
-from c2t._atomic import replace_dir, write_text_atomic
+from c2t._atomic import staged_dir, write_text_atomic
 from c2t._errors import C2TInputError
 from c2t._manifest import read_manifest, vocabulary_hash, write_manifest
 from c2t.instruct._config import FORMATS, Options, resolve, snapshot
@@ -477,11 +476,7 @@ def build_with(data, overrides: Mapping[str, Any], *, progress: Callable[[int, i
     options = resolve(data, overrides)
     plan = _plan(options)
     out_path = Path(options.out)
-    staging = out_path.with_name(f".{out_path.name}.partial")
-    if staging.exists():
-        shutil.rmtree(staging)
-    staging.mkdir(parents=True)
-    try:
+    with staged_dir(out_path) as staging:
         written = _write(plan, staging, progress)
         write_text_atomic(staging / VOCAB_FILE, "".join(f"{g}\n" for g in plan.cells.vocabulary))
         write_text_atomic(staging / CONFIG_FILE, dump_yaml(written["config"]))
@@ -490,10 +485,6 @@ def build_with(data, overrides: Mapping[str, Any], *, progress: Callable[[int, i
         from c2t.instruct._card import write_card
 
         write_card(staging, manifest, out_path)
-        replace_dir(staging, out_path)
-    except BaseException:
-        shutil.rmtree(staging, ignore_errors=True)
-        raise
     return load(out_path)
 
 

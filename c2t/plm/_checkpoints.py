@@ -6,7 +6,6 @@ from __future__ import annotations
 import json
 import os
 import pickle
-import shutil
 from pathlib import Path
 from typing import Any
 
@@ -27,38 +26,34 @@ def save_encoder(encoder: PLMEncoder, folder: str | os.PathLike) -> Path:
     """Write ``encoder`` to ``folder`` atomically (see :meth:`PLMEncoder.save`)."""
     from safetensors.torch import save_file
 
-    from c2t._atomic import replace_dir, write_text_atomic
+    from c2t._atomic import staged_dir, write_text_atomic
     from c2t._manifest import vocabulary_hash, write_manifest
 
     folder = Path(folder)
-    staging = folder.with_name(f".{folder.name}.partial")
-    if staging.exists():
-        shutil.rmtree(staging)
-    staging.mkdir(parents=True)
-    model = encoder.model
-    model.backbone.save_pretrained(staging / MODEL_DIR)
-    extras = {k: v.detach().contiguous() for k, v in model.state_dict().items() if not k.startswith("backbone.")}
-    if extras:
-        save_file(extras, str(staging / EXTRAS_FILE))
-    tok = encoder.tokenizer
-    tok.save(staging / TOKENIZER_DIR)
-    tokens = tok.vocab.tokens()
-    write_text_atomic(staging / TOKENIZER_DIR / VOCAB_FILE, "".join(f"{t}\n" for t in tokens))
-    write_manifest(staging, {
-        "kind": KIND,
-        "name": encoder.name,
-        "recipe": tok.recipe,
-        "model": encoder.spec_dict(),
-        "architecture": type(model.backbone).__name__,
-        "n_parameters": int(sum(p.numel() for p in model.parameters())),
-        "pooling": encoder.pooling,
-        "hidden_layer": encoder.hidden_layer,
-        "data_options": {"gene_key": encoder.gene_key, "layer": encoder.layer, "use_raw": encoder.use_raw},
-        "vocabulary_size": len(tok.vocab),
-        "vocabulary_hash": vocabulary_hash(tokens),
-        "report": encoder.report,
-    })
-    replace_dir(staging, folder)
+    with staged_dir(folder) as staging:
+        model = encoder.model
+        model.backbone.save_pretrained(staging / MODEL_DIR)
+        extras = {k: v.detach().contiguous() for k, v in model.state_dict().items() if not k.startswith("backbone.")}
+        if extras:
+            save_file(extras, str(staging / EXTRAS_FILE))
+        tok = encoder.tokenizer
+        tok.save(staging / TOKENIZER_DIR)
+        tokens = tok.vocab.tokens()
+        write_text_atomic(staging / TOKENIZER_DIR / VOCAB_FILE, "".join(f"{t}\n" for t in tokens))
+        write_manifest(staging, {
+            "kind": KIND,
+            "name": encoder.name,
+            "recipe": tok.recipe,
+            "model": encoder.spec_dict(),
+            "architecture": type(model.backbone).__name__,
+            "n_parameters": int(sum(p.numel() for p in model.parameters())),
+            "pooling": encoder.pooling,
+            "hidden_layer": encoder.hidden_layer,
+            "data_options": {"gene_key": encoder.gene_key, "layer": encoder.layer, "use_raw": encoder.use_raw},
+            "vocabulary_size": len(tok.vocab),
+            "vocabulary_hash": vocabulary_hash(tokens),
+            "report": encoder.report,
+        })
     return folder
 
 

@@ -5,7 +5,6 @@ from __future__ import annotations
 import itertools
 import json
 import os
-import shutil
 from pathlib import Path
 from typing import Any
 
@@ -15,7 +14,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
-from c2t._atomic import atomic_path, replace_dir, write_text_atomic
+from c2t._atomic import atomic_path, staged_dir, write_text_atomic
 from c2t._errors import C2TInputError
 from c2t._manifest import diff_fields, read_manifest, vocabulary_hash, write_manifest
 from c2t.sentences._inverse import InverseModel
@@ -190,18 +189,15 @@ class CellSentences:
     def save(self, path: str | os.PathLike, *, shard_size: int = 100_000) -> Path:
         """Save to a folder: Parquet shards, ``vocabulary.txt`` and ``manifest.json`` (written atomically)."""
         path = Path(path)
-        staging = path.with_name(f".{path.name}.partial")
-        if staging.exists():
-            shutil.rmtree(staging)
-        (staging / SHARD_DIR).mkdir(parents=True)
-        write_vocabulary(staging, self.vocabulary)
-        shards = []
-        for number, start in enumerate(range(0, max(len(self), 1), shard_size)):
-            part = self[start : start + shard_size]
-            name = write_shard(staging, number, part.cell_ids, part.offsets, part.gene_ids, part.obs)
-            shards.append({"file": name, "n_cells": len(part)})
-        write_manifest(staging, {**self.manifest, "kind": KIND, "shards": shards})
-        replace_dir(staging, path)
+        with staged_dir(path) as staging:
+            (staging / SHARD_DIR).mkdir()
+            write_vocabulary(staging, self.vocabulary)
+            shards = []
+            for number, start in enumerate(range(0, max(len(self), 1), shard_size)):
+                part = self[start : start + shard_size]
+                name = write_shard(staging, number, part.cell_ids, part.offsets, part.gene_ids, part.obs)
+                shards.append({"file": name, "n_cells": len(part)})
+            write_manifest(staging, {**self.manifest, "kind": KIND, "shards": shards})
         return path
 
 

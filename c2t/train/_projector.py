@@ -19,7 +19,6 @@ import functools
 import io
 import json
 import os
-import shutil
 import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -28,7 +27,7 @@ from typing import Any, Literal
 import numpy as np
 import pandas as pd
 
-from c2t._atomic import atomic_path, replace_dir, write_text_atomic
+from c2t._atomic import atomic_path, staged_dir, write_text_atomic
 from c2t._errors import C2TInputError
 from c2t._manifest import read_manifest, vocabulary_hash, write_manifest
 
@@ -369,10 +368,7 @@ class ProjectorClassifier:
         from safetensors.torch import save_file
 
         path = Path(path)
-        staging = path.with_name(f".{path.name}.partial")
-        shutil.rmtree(staging, ignore_errors=True)
-        staging.mkdir(parents=True)
-        try:
+        with staged_dir(path) as staging:
             trained = {k: v.detach().cpu().contiguous() for k, v in self.module.state_dict().items()
                        if not k.startswith("llm.")}
             with atomic_path(staging / WEIGHTS_FILE) as tmp:
@@ -393,10 +389,6 @@ class ProjectorClassifier:
                 "files": {"weights": WEIGHTS_FILE, "genes": GENES_FILE, "vectors": VECTORS_FILE,
                           "classes": CLASSES_FILE, "loss_csv": LOSS_CSV},
             })
-            replace_dir(staging, path)
-        except BaseException:
-            shutil.rmtree(staging, ignore_errors=True)
-            raise
         return path
 
 

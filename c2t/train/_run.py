@@ -13,7 +13,6 @@ import dataclasses
 import io
 import json
 import os
-import shutil
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -542,7 +541,7 @@ def _check_merge_output(run: Path, out: Path) -> None:
 
 def merge(path: str | os.PathLike, out: str | os.PathLike) -> Path:
     """Merge a run's LoRA adapter into its base model and save a full model folder (with tokenizer and manifest)."""
-    from c2t._atomic import replace_dir
+    from c2t._atomic import staged_dir
 
     if not Path(path).is_dir():
         msg = f"{path}: no such training run folder"
@@ -555,16 +554,9 @@ def merge(path: str | os.PathLike, out: str | os.PathLike) -> Path:
     _check_merge_output(Path(path), out)
     model, tokenizer = load_model(path)
     merged = model.merge_and_unload()
-    staging = out.with_name(f".{out.name}.partial")
-    shutil.rmtree(staging, ignore_errors=True)
-    staging.mkdir(parents=True)
-    try:
+    with staged_dir(out) as staging:
         merged.save_pretrained(str(staging))
         tokenizer.save_pretrained(str(staging))
         write_manifest(staging, {**{k: v for k, v in manifest.items() if k != "c2t_version"}, "kind": "merged_model",
                                  "artifact": "model", "merged_from": str(Path(path).resolve())})
-        replace_dir(staging, out)
-    except BaseException:
-        shutil.rmtree(staging, ignore_errors=True)
-        raise
     return out
