@@ -23,11 +23,6 @@ def _record(adata, key: str, info: dict[str, Any]) -> None:
     adata.uns.setdefault("c2t_embed", {})[key] = info
 
 
-def _l2(x: np.ndarray) -> np.ndarray:
-    norms = np.linalg.norm(x, axis=1, keepdims=True)
-    return np.divide(x, norms, out=np.zeros_like(x), where=norms > 0)
-
-
 def genept_w(
     adata,
     gene_embeddings: GeneEmbeddings,
@@ -99,11 +94,8 @@ def genept_w(
             block = source.rows(start, stop)
             if kind == "counts":
                 block = normalize_log1p(block)
-            emb = weighted_sum(block, by_column)
-            if average:
-                weights = np.asarray(block @ column_has_text, dtype=np.float32).reshape(-1, 1)
-                emb = np.divide(emb, weights, out=np.zeros_like(emb), where=weights > 0)
-            out[start:stop] = _l2(emb) if l2 else emb
+            weighted_sum(block, by_column, out=out[start:stop], column_has_text=column_has_text, average=average,
+                         l2=l2)
     adata.obsm[key_added] = out
     _record(adata, key_added, {"method": "genept-w", "gene_embeddings": gene_embeddings.manifest.get("encoder"),
                                "input": kind, "average": average, "l2": l2,

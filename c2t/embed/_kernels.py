@@ -45,10 +45,43 @@ def _blocked_product(indptr, indices, data, dense, block, out):
             cursor[i] = j
 
 
-def weighted_sum(block, dense_by_column: np.ndarray) -> np.ndarray:
-    """``block @ dense_by_column`` for a canonical CSR ``block`` (sorted indices), as float32."""
+@nb.njit(parallel=True, cache=True, nogil=True)
+def _finish_rows(indptr, indices, data, column_weight, out, average, l2):
+    """In place, per cell: divide by the summed weights of its genes with text (``average``), then scale to
+    unit length (``l2``); all-zero rows stay zero."""
+    for i in nb.prange(out.shape[0]):
+        o = out[i]
+        if average:
+            total = 0.0
+            for j in range(indptr[i], indptr[i + 1]):
+                total += data[j] * column_weight[indices[j]]
+            if total > 0:
+                scale = np.float32(1.0 / total)
+                for d in range(o.shape[0]):
+                    o[d] *= scale
+        if l2:
+            norm = 0.0
+            for d in range(o.shape[0]):
+                norm += o[d] * o[d]
+            if norm > 0:
+                scale = np.float32(1.0 / np.sqrt(norm))
+                for d in range(o.shape[0]):
+                    o[d] *= scale
+
+
+def weighted_sum(block, dense_by_column: np.ndarray, *, out: np.ndarray | None = None, column_has_text=None,
+                 average: bool = False, l2: bool = False) -> np.ndarray:
+    """``block @ dense_by_column`` for a canonical CSR ``block`` (sorted indices), as float32, into ``out``
+    (zeroed here) when given; then, per cell, divided by the summed weights of its columns that have text
+    (``average``, weights ``column_has_text``) and scaled to unit length (``l2``)."""
     assert block.has_canonical_format
-    out = np.zeros((block.shape[0], dense_by_column.shape[1]), dtype=np.float32)
+    if out is None:
+        out = np.zeros((block.shape[0], dense_by_column.shape[1]), dtype=np.float32)
+    else:
+        out[:] = 0.0
     _blocked_product(block.indptr, block.indices, block.data, np.ascontiguousarray(dense_by_column, dtype=np.float32),
                      _BLOCK_ROWS, out)
+    if average or l2:
+        weights = np.ones(block.shape[1], np.float32) if column_has_text is None else column_has_text
+        _finish_rows(block.indptr, block.indices, block.data, np.asarray(weights, dtype=np.float32), out, average, l2)
     return out
