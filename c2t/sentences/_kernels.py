@@ -37,6 +37,19 @@ def _cell_constants(seed, cell):
 
 
 @nb.njit(inline="always")
+def _sift_up(heap, i):
+    """Restore the min-heap order after ``heap[i]`` was appended."""
+    while i > 0:
+        parent = (i - 1) // 2
+        if heap[i] >= heap[parent]:
+            return
+        tmp = heap[i]
+        heap[i] = heap[parent]
+        heap[parent] = tmp
+        i = parent
+
+
+@nb.njit(inline="always")
 def _sift_down(heap, i, size):
     while True:
         left = 2 * i + 1
@@ -206,17 +219,8 @@ def rank_rows(indptr, indices, value_bits, col_map, identity, row0, seed, mbits,
                     n_keys += 1
                 elif n_tied_kept < n_tied:
                     tied[n_tied_kept] = key
-                    c = n_tied_kept
+                    _sift_up(tied, n_tied_kept)
                     n_tied_kept += 1
-                    while c > 0:
-                        p = (c - 1) // 2
-                        if tied[c] < tied[p]:
-                            tmp = tied[c]
-                            tied[c] = tied[p]
-                            tied[p] = tmp
-                            c = p
-                        else:
-                            break
                 elif key > tied[0]:
                     tied[0] = key
                     _sift_down(tied, 0, n_tied_kept)
