@@ -181,8 +181,8 @@ def annotate_command(
     """Annotate query cells from a labelled reference with an embedding head (kNN, logistic, MLP)."""
     from rich.console import Console
 
-    from c2t._atomic import atomic_path
     from c2t.heads import annotate, fit_head
+    from c2t.io import write_h5ad
 
     try:
         ref, q = _read_adata(reference), _read_adata(query)
@@ -190,8 +190,7 @@ def annotate_command(
         annotate(q, head, use_rep=use_rep, key_added=key_added, unknown_threshold=unknown_threshold)
         if save_head:
             head.save(save_head)
-        with atomic_path(out) as tmp:
-            q.write_h5ad(tmp)
+        write_h5ad(q, out)
     except C2TInputError as err:
         _fail(str(err))
         return

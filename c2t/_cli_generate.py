@@ -41,16 +41,6 @@ def _backend_options(backend: str, device: str | None) -> dict:
     return {"device": device} if backend == "transformers" and device else {}
 
 
-def _write_h5ad(adata, out: Path) -> None:
-    from c2t._atomic import atomic_path
-
-    if out.suffix != ".h5ad":
-        _fail(f"{out}: the output must be an .h5ad file")
-    out.parent.mkdir(parents=True, exist_ok=True)
-    with atomic_path(out) as tmp:
-        adata.write_h5ad(tmp)
-
-
 @generate_app.command("cells")
 def generate_cells_command(
     model: Annotated[Path, typer.Option(help="A c2t training run (or merged model) folder.")],
@@ -74,6 +64,7 @@ def generate_cells_command(
     from rich.console import Console
 
     from c2t.generate import generate_cells
+    from c2t.io import write_h5ad
 
     console = Console()
     try:
@@ -86,7 +77,7 @@ def generate_cells_command(
                                    backend_options=_backend_options(backend, device))
         for w in caught:
             console.print(f"[yellow]warning:[/] {w.message}", highlight=False)
-        _write_h5ad(cells, out)
+        write_h5ad(cells, out)
     except (C2TInputError, ConnectionError, ImportError) as err:
         _fail(str(err))
         return
@@ -117,7 +108,7 @@ def predict_command(
 
     from c2t._atomic import write_text_atomic
     from c2t.generate import CELL_TASKS, predict, predict_cells
-    from c2t.io import read_h5ad
+    from c2t.io import read_h5ad, write_h5ad
 
     try:
         adata = read_h5ad(data)
@@ -126,7 +117,7 @@ def predict_command(
                    "backend_options": _backend_options(backend, device)}
         if task in CELL_TASKS:
             cells = predict_cells(model, adata, task=task, **options)
-            _write_h5ad(cells, out)
+            write_h5ad(cells, out)
             result = {k: v for k, v in cells.uns["c2t_predict"].items() if k != "decode"}
             if report is not None:
                 write_text_atomic(report, json.dumps(result, indent=2) + "\n")
@@ -135,7 +126,7 @@ def predict_command(
                             f"{result['mean_control_overlap']:.3f})", highlight=False)
             return
         result = predict(model, adata, task=task, label_key=label_key, key_added=key_added, **options)
-        _write_h5ad(adata, out)
+        write_h5ad(adata, out)
         if report is not None:
             write_text_atomic(report, json.dumps(result, indent=2) + "\n")
     except (C2TInputError, ConnectionError, ImportError) as err:
@@ -161,12 +152,12 @@ def embed_llm_command(
     from rich.console import Console
 
     from c2t.generate import embed_hidden
-    from c2t.io import read_h5ad
+    from c2t.io import read_h5ad, write_h5ad
 
     try:
         adata = read_h5ad(data)
         embed_hidden(model, adata, key_added=key_added, layer=layer, top_k=top_k, batch_size=batch_size, device=device)
-        _write_h5ad(adata, out)
+        write_h5ad(adata, out)
     except C2TInputError as err:
         _fail(str(err))
         return
@@ -190,7 +181,7 @@ def annotate_clusters_command(
     from rich.console import Console
 
     from c2t.generate import annotate_clusters
-    from c2t.io import read_h5ad
+    from c2t.io import read_h5ad, write_h5ad
 
     log = log or out.with_suffix(".scchat.jsonl")
     try:
@@ -199,7 +190,7 @@ def annotate_clusters_command(
                                    labels=[x.strip() for x in labels.split(",") if x.strip()] if labels else None,
                                    cluster_key=cluster_key, resolution=resolution, n_markers=n_markers,
                                    key_added=key_added, log=log)
-        _write_h5ad(adata, out)
+        write_h5ad(adata, out)
     except (C2TInputError, ConnectionError) as err:
         _fail(str(err))
         return

@@ -97,10 +97,8 @@ def projector_predict_command(
     """Annotate cells with a trained projector: obs[KEY], obs[KEY_confidence], obsm[KEY_proba]."""
     from rich.console import Console
 
-    from c2t._atomic import atomic_path
-
     try:
-        from c2t.io import read_h5ad
+        from c2t.io import read_h5ad, write_h5ad
         from c2t.train import load_projector
 
         if not data.is_file():
@@ -110,11 +108,10 @@ def projector_predict_command(
         clf.predict(adata, key_added=key_added)
         if embed:
             clf.embed(adata, key_added=f"X_{key_added}")
+        write_h5ad(adata, out)
     except (C2TInputError, ImportError) as err:
         _fail(str(err))
         return
-    with atomic_path(out) as tmp:
-        adata.write_h5ad(tmp)
     counts = adata.obs[key_added].value_counts()
     Console().print(f"[green]wrote[/] {out}: {adata.n_obs} cells; "
                     + ", ".join(f"{label} {n}" for label, n in counts.items() if n), highlight=False)

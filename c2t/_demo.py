@@ -11,7 +11,7 @@ from pathlib import Path
 
 import numpy as np
 
-from c2t._atomic import atomic_path
+from c2t.io import write_h5ad
 
 
 def write_demo_h5ad(path: Path) -> Path:
@@ -27,9 +27,7 @@ def write_demo_h5ad(path: Path) -> Path:
     counts.eliminate_zeros()
     obs = src.obs[["bulk_labels", "phase"]].rename(columns={"bulk_labels": "cell_type"})
     adata = ad.AnnData(X=counts.astype(np.float32), obs=obs, var=src.raw.var[[]].copy())
-    with atomic_path(path) as tmp:
-        adata.write_h5ad(tmp)
-    return path
+    return write_h5ad(adata, path)
 
 
 def _pearson_rows(a, b) -> np.ndarray:
@@ -70,8 +68,7 @@ def run_demo(out: Path) -> dict:
     console.print(f"   [cyan]{record['template_id']}[/]: {record['prompt'][:160]!r} -> {record['completion'][:60]!r}",
                   highlight=False)
     decoded = decode(cs.texts(), model=sentences_dir, obs=cs.obs)
-    with atomic_path(out / "decoded.h5ad") as tmp:
-        decoded.write_h5ad(tmp)
+    write_h5ad(decoded, out / "decoded.h5ad")
     truth = normalize_log1p(ad.read_h5ad(data).X)
     linear = decode(cs.texts(), model=cs, method="linear")
     figures = {

@@ -158,7 +158,7 @@ def decode(
     """Decode cell sentences (e.g. generated ones) into an expression AnnData."""
     from rich.console import Console
 
-    from c2t._atomic import atomic_path
+    from c2t.io import write_h5ad
     from c2t.sentences import decode as decode_sentences
     from c2t.sentences._decode import load_model
 
@@ -166,11 +166,10 @@ def decode(
         load_model(model)  # check the model before reading the sentences
         texts, obs = _read_sentence_file(sentences_file, column)
         adata = decode_sentences(texts, model=model, obs=obs, delimiter=None if delimiter == "whitespace" else delimiter)
+        write_h5ad(adata, out)
     except C2TInputError as err:
         _fail(str(err))
         return
-    with atomic_path(out) as tmp:
-        adata.write_h5ad(tmp)
     r = adata.uns["c2t_decode"]
     Console().print(
         f"[green]wrote[/] {out}: {r['n_cells']} cells x {adata.n_vars} genes; {r['n_genes_decoded']} genes decoded, "

@@ -134,6 +134,31 @@ class MatrixSource:
         self.close()
 
 
+def write_h5ad(adata, path: str | os.PathLike) -> Path:
+    """Write ``adata`` to an ``.h5ad`` file atomically (a crash leaves the old file or none), creating its folder.
+
+    Examples
+    --------
+    >>> import anndata as ad, numpy as np, tempfile, pathlib
+    >>> out = write_h5ad(ad.AnnData(np.ones((2, 3), np.float32)), pathlib.Path(tempfile.mkdtemp()) / "a" / "x.h5ad")
+    >>> read_h5ad(out).shape
+    (2, 3)
+    >>> write_h5ad(ad.AnnData(np.ones((2, 3), np.float32)), "x.csv")
+    Traceback (most recent call last):
+    ...
+    c2t._errors.C2TInputError: x.csv: the output must be an .h5ad file
+    """
+    from c2t._atomic import atomic_path
+
+    path = Path(path)
+    if path.suffix != ".h5ad":
+        msg = f"{path}: the output must be an .h5ad file"
+        raise C2TInputError(msg)
+    with atomic_path(path) as tmp:
+        adata.write_h5ad(tmp)
+    return path
+
+
 def _to_csr(block: Any) -> sp.csr_matrix:
     block = sp.csr_matrix(block) if sp.issparse(block) else sp.csr_matrix(np.asarray(block))
     if block.dtype not in (np.float32, np.float64):

@@ -194,6 +194,11 @@ def test_annotate_writes_labels_and_prints_accuracy(ref_and_query, workdir):
     assert low.any() and (result.loc[low, "pred"] == "unknown").all()
     assert (result.loc[~low, "pred"] != "unknown").all()
 
+    wrong = runner.invoke(app, ["annotate", "--reference", str(ref), "--query", str(query), "--label-key", LABEL,
+                                "--use-rep", "X_pca_log", "-o", str(workdir / "annotated.csv")])
+    assert wrong.exit_code != 0 and "annotated.csv: the output must be an .h5ad file" in wrong.output
+    assert not (workdir / "annotated.csv").exists()
+
 
 # ----------------------------------------------------------------------------------------------- bad flags
 def test_bad_flags_exit_2_with_one_line(cells_h5ad, gene_dir, genes_txt, ref_and_query, tmp_path):
