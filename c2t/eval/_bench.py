@@ -6,10 +6,11 @@ sha256, the dataset and method settings, tasks, heads, seed, quick mode, c2t ver
 finished unit whose key matches and retries failed ones. A method that raises is recorded with its error and
 the run goes on.
 
-Methods are of three kinds: embedding methods (the tasks train heads, cluster and measure batch mixing on their
-embedding), label methods (they label the test cells themselves: annotation only) and generative methods (they
-generate cells for the training labels: the generation task, whose first seed also saves ``generation.npz``, the
-PCA coordinates of the generated and real held-out cells for the report's overlay UMAP).
+Methods are of three kinds: embedding methods (the tasks train heads, cluster and measure batch mixing, and
+with the extra ``c2t[scib]`` scIB's integration set, on their embedding), label methods (they label the test
+cells themselves: annotation only) and generative methods (they generate cells for the training labels: the
+generation task, whose first seed also saves ``generation.npz``, the PCA coordinates of the generated and real
+held-out cells for the report's overlay UMAP).
 """
 
 from __future__ import annotations
@@ -97,6 +98,16 @@ class _Dataset:
         batch_key = "_source" if spec.split == "across" else spec.batch_key
         self.batches = adata.obs[batch_key].astype(str).to_numpy() if batch_key else None
         self.quick = quick
+        self._unintegrated: np.ndarray | None = None
+
+    def unintegrated(self) -> np.ndarray:
+        """PCA of log expression (the ``pca`` method's defaults): the pre-integration embedding that the
+        integration task's PCR comparison measures every method against; computed once per dataset."""
+        if self._unintegrated is None:
+            from c2t.eval._methods import pca
+
+            self._unintegrated = np.asarray(pca(self.adata), dtype=np.float32)
+        return self._unintegrated
 
     @staticmethod
     def _read(path, label_key: str, limit: list[int], keep: str | None = None):
@@ -131,9 +142,9 @@ class _Dataset:
 
 
 def _tasks_version() -> str:
-    from c2t.eval import _generation, _metrics, _tasks
+    from c2t.eval import _generation, _metrics, _scib, _tasks
 
-    source = inspect.getsource(_tasks) + inspect.getsource(_metrics) + inspect.getsource(_generation)
+    source = "".join(inspect.getsource(m) for m in (_tasks, _metrics, _generation, _scib))
     return hashlib.sha256(source.encode()).hexdigest()[:10]
 
 
@@ -237,6 +248,10 @@ def _evaluate(X: np.ndarray, data: _Dataset, cfg: BenchConfig, seed: int) -> tup
         rows += _tasks.clustering(X, data.labels, seed=seed)
     if "batch_mixing" in cfg.tasks and data.batches is not None:
         rows += _tasks.batch_mixing(X, data.labels, data.batches, n_neighbors=k)
+    if "integration" in cfg.tasks and data.batches is not None:  # scib-metrics' set (the extra c2t[scib])
+        from c2t.eval._scib import integration
+
+        rows += integration(X, data.labels, data.batches, X_pre=data.unintegrated())
     if "drug_response" in cfg.tasks and data.spec.positive is not None:
         found, drug = _tasks.drug_response(X, data.labels, train, test, positive=data.spec.positive, heads=cfg.heads,
                                            seed=seed, n_neighbors=k)

@@ -23,16 +23,22 @@ A config is YAML (or a dict)::
       genept_w_random: {method: genept_w, random_genes: true}     # a named variant of a method
       cellama_ft: {method: cellama_finetuned}    # fine-tuned on each seed's training cells only
       tuned_cells: {method: llm_cells, model: runs/pbmc3k_tuned, per_label: 20}   # a generative method
-    tasks: [annotation, novel_type, clustering, batch_mixing, generation, drug_response]
+    tasks: [annotation, novel_type, clustering, batch_mixing, generation, drug_response]   # + integration
     heads: [knn, logistic]
     metrics: null                # null: all; or a subset of METRICS
 
 Each task applies to the methods of its kind (:data:`METHOD_TASKS`): embedding methods (:data:`METHODS`) to
-annotation, novel_type, clustering, batch_mixing and drug_response; label methods to annotation; generative
+annotation, novel_type, clustering, batch_mixing, integration and drug_response; label methods to annotation; generative
 methods (``llm_cells``; ``random_cells`` is their control) to generation. A method none of whose kind's tasks
 are asked for, or a task that no method can do, fails the config. ``drug_response`` runs on the datasets that name their ``positive:`` label
 (e.g. resistant) and scores it against every other label. A dataset's ``filter:`` names a boolean obs column of
 the cells to keep (e.g. a QC flag).
+
+``integration`` is scIB's full set computed by scib-metrics (:mod:`c2t.eval._scib`; the optional extra
+``pip install "c2t[scib]"``, not part of ``tasks``' default): iLISI, cLISI, kBET, graph connectivity, isolated
+labels, label and batch silhouettes, BRAS, PCR comparison, k-means NMI/ARI and the batch-correction,
+bio-conservation and total scores. It runs on the datasets with a batch (``batch_key:`` or ``split: across``);
+the config fails if scib-metrics cannot be imported or no dataset has a batch.
 """
 
 from __future__ import annotations
@@ -47,6 +53,7 @@ from c2t._errors import C2TInputError
 from c2t._yaml import read_yaml_mapping
 from c2t.eval._generation import GENERATION_METRICS
 from c2t.eval._methods import GENERATIVE_METHODS, LABEL_METHODS, METHODS
+from c2t.eval._scib import INTEGRATION_METRICS
 
 TASKS: dict[str, tuple[str, ...]] = {
     "annotation": ("accuracy", "macro_f1", "per_class_f1"),
@@ -55,7 +62,10 @@ TASKS: dict[str, tuple[str, ...]] = {
     "batch_mixing": ("batch_silhouette", "batch_entropy", "ilisi"),
     "drug_response": ("accuracy", "f1", "auroc"),
     "generation": GENERATION_METRICS,
+    "integration": INTEGRATION_METRICS,   # scib-metrics, an optional extra: not in the default tasks
 }
+#: Tasks run when a config names none (those that need an optional extra are left out).
+DEFAULT_TASKS: tuple[str, ...] = tuple(t for t in TASKS if t != "integration")
 METRICS: tuple[str, ...] = tuple(dict.fromkeys(m for ms in TASKS.values() for m in ms))
 #: Metrics where lower is better (ranked ascending), and controls / references that are reported but not ranked.
 LOWER_IS_BETTER: frozenset[str] = frozenset({"energy_distance"})
@@ -66,7 +76,7 @@ SPLITS: tuple[str, ...] = ("random", "by_batch", "across")
 RUNNER_ARGS = ("seed", "cache_dir", "train", "labels")
 #: The tasks each kind of method can do.
 METHOD_TASKS: dict[str, tuple[str, ...]] = {
-    "embedding": ("annotation", "novel_type", "clustering", "batch_mixing", "drug_response"),
+    "embedding": ("annotation", "novel_type", "clustering", "batch_mixing", "drug_response", "integration"),
     "label": ("annotation",),
     "generative": ("generation",),
 }
@@ -327,11 +337,18 @@ def load_config(config: str | os.PathLike | dict[str, Any], *, base: str | os.Pa
     methods = {str(name): _method(str(name), options) for name, options in methods_raw.items()}
     if not methods:
         _fail("config", "methods: needs at least one method")
-    tasks = list(raw.get("tasks") or TASKS)
+    tasks = list(raw.get("tasks") or DEFAULT_TASKS)
     for task in tasks:
         if task not in TASKS:
             _unknown("tasks", "task", task, TASKS)
     _check_kinds(methods, tasks)
+    if "integration" in tasks:
+        from c2t.eval._scib import import_scib
+
+        try:
+            import_scib()
+        except C2TInputError as err:
+            _fail("tasks", str(err))
     heads = list(raw.get("heads") or HEADS)
     for head in heads:
         if head not in HEADS:
@@ -355,6 +372,9 @@ def load_config(config: str | os.PathLike | dict[str, Any], *, base: str | os.Pa
     if "drug_response" in tasks and not any(d.positive for d in datasets.values()):
         _fail("tasks", "drug_response needs a dataset with positive: (the label of the responding class, e.g. "
                        "resistant), such as the known dataset pc9_erlotinib")
+    if "integration" in tasks and not any(d.batch_key or d.split == "across" for d in datasets.values()):
+        _fail("tasks", "integration needs a dataset with batch_key: (the obs column of the batch or donor, e.g. "
+                       f"kang8's sample_id); none of {', '.join(datasets)} has one")
     return BenchConfig(datasets=datasets, methods=methods, tasks=tasks, seeds=seeds, heads=heads, metrics=metrics,
                        quick_cells=int(raw.get("quick_cells", 1000)), umap_cells=int(raw.get("umap_cells", 2000)),
                        n_neighbors=int(raw.get("n_neighbors", 15)), cache_dir=raw.get("cache_dir"),
