@@ -203,6 +203,22 @@ def batch_silhouette(X, labels, batches) -> float:
     return float(np.mean(scores)) if scores else float("nan")
 
 
+def _neighbour_batch_shares(X, batches, n_neighbors: int) -> np.ndarray | None:
+    """Per cell, the share of each batch among its ``n_neighbors`` nearest cells (itself left out); ``None``
+    with fewer than two batches."""
+    from sklearn.neighbors import NearestNeighbors
+
+    X, batches = np.asarray(X, dtype=np.float32), np.asarray(batches).astype(str)
+    names, codes = np.unique(batches, return_inverse=True)
+    if len(names) < 2:
+        return None
+    k = min(n_neighbors, len(X) - 1)
+    _, idx = NearestNeighbors(n_neighbors=k).fit(X).kneighbors()
+    counts = np.zeros((len(X), len(names)))
+    np.add.at(counts, (np.repeat(np.arange(len(X)), k), codes[idx].ravel()), 1.0)
+    return counts / k
+
+
 def batch_entropy(X, batches, *, n_neighbors: int = 15) -> float:
     """Mean entropy of the batches among each cell's ``n_neighbors`` nearest cells, divided by log(#batches)
     (0: every neighbourhood one batch; 1: every neighbourhood holds all batches equally). With batches of
@@ -214,20 +230,12 @@ def batch_entropy(X, batches, *, n_neighbors: int = 15) -> float:
     >>> batch_entropy(X, ["a"] * 10 + ["b"] * 10, n_neighbors=5)
     0.0
     """
-    from sklearn.neighbors import NearestNeighbors
-
-    X, batches = np.asarray(X, dtype=np.float32), np.asarray(batches).astype(str)
-    names, codes = np.unique(batches, return_inverse=True)
-    if len(names) < 2:
+    p = _neighbour_batch_shares(X, batches, n_neighbors)
+    if p is None:
         return float("nan")
-    k = min(n_neighbors, len(X) - 1)
-    _, idx = NearestNeighbors(n_neighbors=k).fit(X).kneighbors()
-    counts = np.zeros((len(X), len(names)))
-    np.add.at(counts, (np.repeat(np.arange(len(X)), k), codes[idx].ravel()), 1.0)
-    p = counts / k
     with np.errstate(divide="ignore", invalid="ignore"):
         entropy = -np.nansum(np.where(p > 0, p * np.log(p), 0.0), axis=1)
-    return float(np.mean(entropy) / np.log(len(names)) + 0.0)
+    return float(np.mean(entropy) / np.log(p.shape[1]) + 0.0)
 
 
 def batch_mixing(X, labels, batches, *, n_neighbors: int = 15) -> list[dict[str, Any]]:
@@ -252,17 +260,9 @@ def ilisi(X, batches, *, n_neighbors: int = 15) -> float:
     >>> round(ilisi(X, ["a", "b"] * 10, n_neighbors=4), 2)   # batches interleaved: close to 2
     1.92
     """
-    from sklearn.neighbors import NearestNeighbors
-
-    X, batches = np.asarray(X, dtype=np.float32), np.asarray(batches).astype(str)
-    names, codes = np.unique(batches, return_inverse=True)
-    if len(names) < 2:
+    p = _neighbour_batch_shares(X, batches, n_neighbors)
+    if p is None:
         return float("nan")
-    k = min(n_neighbors, len(X) - 1)
-    _, idx = NearestNeighbors(n_neighbors=k).fit(X).kneighbors()
-    counts = np.zeros((len(X), len(names)))
-    np.add.at(counts, (np.repeat(np.arange(len(X)), k), codes[idx].ravel()), 1.0)
-    p = counts / k
     return float(np.mean(1.0 / (p**2).sum(axis=1)))
 
 
