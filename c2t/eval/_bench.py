@@ -400,7 +400,8 @@ def _interval(values: np.ndarray) -> tuple[float, float, float]:
 def summarize(results: pd.DataFrame) -> pd.DataFrame:
     """Mean and 95% t-interval over seeds per (dataset, split, method, task, head, metric), and the method's
     rank (1 = best) among the methods on that dataset and metric. Per-class F1 rows are left out; metrics in
-    ``LOWER_IS_BETTER`` (energy distance) rank ascending, the controls and references in ``UNRANKED`` get no rank.
+    ``LOWER_IS_BETTER`` (energy distance) rank ascending, the controls and references in ``UNRANKED`` get no rank,
+    nor does a metric only one method reports (e.g. annotation by generation).
 
     Examples
     --------
@@ -409,6 +410,8 @@ def summarize(results: pd.DataFrame) -> pd.DataFrame:
     >>> s = summarize(rows)
     >>> s[["method", "mean", "n", "rank"]].values.tolist()
     [['a', 0.6, 2, 1.0], ['b', 0.2, 2, 2.0]]
+    >>> bool(summarize(rows[rows["method"] == "a"])["rank"].isna().all())
+    True
     """
     ok = results[(results["status"] == "ok") & (results["metric"] != "per_class_f1")]
     keys = ["dataset", "split", "method", "task", "head", "metric"]
@@ -424,6 +427,7 @@ def summarize(results: pd.DataFrame) -> pd.DataFrame:
         lower = summary["metric"].isin(LOWER_IS_BETTER)
         summary.loc[lower, "rank"] = groups.rank(ascending=True, method="min")[lower]
         summary.loc[summary["metric"].isin(UNRANKED), "rank"] = np.nan
+        summary.loc[groups.transform("size") < 2, "rank"] = np.nan  # a method alone on a metric is not ranked
     else:
         summary["rank"] = []
     return summary
