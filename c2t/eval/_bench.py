@@ -39,7 +39,7 @@ from c2t.eval._config import (
     load_config,
     method_kind,
 )
-from c2t.eval._methods import GENERATIVE_METHODS, LABEL_METHODS, METHODS
+from c2t.eval._methods import GENERATIVE_METHODS, LABEL_METHODS, METHODS, all_methods
 
 ROW_COLUMNS = ["dataset", "dataset_sha256", "n_cells", "split", "split_detail", "method", "method_version",
                "c2t_version", "seed", "task", "head", "metric", "label", "value", "status", "error", "embed_s"]
@@ -53,7 +53,7 @@ def _version() -> str:
 
 def method_version(spec: MethodSpec) -> str:
     """A short hash of the method function's source and the options: changes when either does."""
-    source = inspect.getsource({**METHODS, **LABEL_METHODS, **GENERATIVE_METHODS}[spec.method])
+    source = inspect.getsource(all_methods()[spec.method])
     blob = json.dumps({"source": source, "options": spec.options}, sort_keys=True, default=str)
     return f"{spec.method}-{hashlib.sha256(blob.encode()).hexdigest()[:10]}"
 
@@ -155,18 +155,17 @@ def _unit_key(data: _Dataset, spec: MethodSpec, cfg: BenchConfig, seed: int) -> 
     return hashlib.sha256(json.dumps(blob, sort_keys=True, default=str).encode()).hexdigest()
 
 
-def _takes(fn: Callable, *names: str) -> bool:
+def _runner_args(fn: Callable, **available) -> dict:
+    """The runner's arguments (:data:`~c2t.eval._config.RUNNER_ARGS`) that ``fn``'s signature names."""
     parameters = inspect.signature(fn).parameters
-    return any(name in parameters for name in names)
+    return {k: v for k, v in available.items() if k in parameters}
 
 
 def _call_method(spec: MethodSpec, data: _Dataset, *, seed: int, cache_dir) -> np.ndarray:
     fn = METHODS[spec.method]
     adata = data.adata
-    parameters = inspect.signature(fn).parameters
-    extra = {k: v for k, v in (("seed", seed), ("cache_dir", cache_dir)) if k in parameters}
-    if "train" in parameters:  # a method that fits on the training cells (never on test cells)
-        extra["train"] = data.split(seed)[0]
+    # train: a method that fits on the training cells (never on test cells) gets their indices
+    extra = _runner_args(fn, seed=seed, cache_dir=cache_dir, train=data.split(seed)[0])
     X = np.asarray(fn(adata, **spec.options, **extra), dtype=np.float32)
     if X.ndim != 2 or X.shape[0] != adata.n_obs:
         msg = f"method {spec.name} returned shape {X.shape} for {adata.n_obs} cells"
@@ -183,15 +182,13 @@ def _label_unit(spec: MethodSpec, data: _Dataset, cfg: BenchConfig, seed: int) -
 
     _, test, detail = data.split(seed)
     fn = LABEL_METHODS[spec.method]
-    extra = {"seed": seed} if "seed" in inspect.signature(fn).parameters else {}
+    extra = _runner_args(fn, seed=seed)
     predicted = np.asarray(fn(data.adata[test].copy(), **spec.options, **extra)).astype(str)
     if predicted.shape != (len(test),):
         msg = f"method {spec.name} returned {predicted.shape} labels for {len(test)} test cells"
         raise C2TInputError(msg)
     truth = np.asarray(data.labels[test]).astype(str)
     rows = label_rows(truth, predicted, head="generation") if "annotation" in cfg.tasks else []
-    if cfg.metrics is not None:
-        rows = [r for r in rows if r["metric"] in cfg.metrics]
     return rows, {"generation": {"truth": truth.tolist(), "predicted": predicted.tolist()}}, detail
 
 
@@ -202,8 +199,7 @@ def _generation_unit(spec: MethodSpec, data: _Dataset, cfg: BenchConfig, seed: i
 
     train, test, detail = data.split(seed)
     fn = GENERATIVE_METHODS[spec.method]
-    parameters = inspect.signature(fn).parameters
-    extra = {k: v for k, v in (("seed", seed), ("train", train)) if k in parameters}
+    extra = _runner_args(fn, seed=seed, train=train)
     labels = sorted(set(data.labels[train]))
     generated, real = fn(data.adata, labels=labels, **spec.options, **extra)
     if real.n_obs != data.adata.n_obs or list(generated.var_names) != list(real.var_names):
@@ -213,8 +209,6 @@ def _generation_unit(spec: MethodSpec, data: _Dataset, cfg: BenchConfig, seed: i
     rows, overlay = generation(_dense(generated.X), generated.obs["condition"].astype(str).to_numpy(), texts,
                                generated.var_names.astype(str), _dense(real.X), data.labels, train, test, seed=seed,
                                n_neighbors=min(10, cfg.n_neighbors))
-    if cfg.metrics is not None:
-        rows = [r for r in rows if r["metric"] in cfg.metrics]
     return rows, {"overlay": overlay}, detail
 
 
@@ -257,8 +251,6 @@ def _evaluate(X: np.ndarray, data: _Dataset, cfg: BenchConfig, seed: int) -> tup
                                            seed=seed, n_neighbors=k)
         rows += found
         predictions = predictions or drug  # confusion matrices of the drug response when there is no annotation
-    if cfg.metrics is not None:
-        rows = [r for r in rows if r["metric"] in cfg.metrics]
     return rows, predictions, detail
 
 
@@ -317,7 +309,7 @@ def run_benchmark(
             folder = out / "cache" / dname / mname
             memo: np.ndarray | None = None  # a method without a seed gives the same embedding for every seed
             kind = method_kind(mspec.method)
-            takes_seed = kind != "embedding" or _takes(METHODS[mspec.method], "seed", "train")
+            takes_seed = kind != "embedding" or bool(_runner_args(METHODS[mspec.method], seed=0, train=0))
             for i, seed in enumerate(cfg.seeds):
                 path = folder / f"seed{seed}.json"
                 key = _unit_key(data, mspec, cfg, seed)
@@ -347,7 +339,8 @@ def run_benchmark(
                         embed_s = time.perf_counter() - start
                         found, predictions, detail = _evaluate(X, data, cfg, seed)
                     rows = [{**base, "split_detail": detail, **r, "status": "ok", "error": "",
-                             "embed_s": round(embed_s, 2)} for r in found]
+                             "embed_s": round(embed_s, 2)} for r in found
+                            if cfg.metrics is None or r["metric"] in cfg.metrics]
                     unit = {"key": key, "status": "ok", "rows": rows, "predictions": predictions if i == 0 else {}}
                     if i == 0 and X is not None:
                         _save_embedding(folder, X, data, cfg.umap_cells)

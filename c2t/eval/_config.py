@@ -52,7 +52,7 @@ from typing import Any
 from c2t._errors import C2TInputError
 from c2t._yaml import read_yaml_mapping
 from c2t.eval._generation import GENERATION_METRICS
-from c2t.eval._methods import GENERATIVE_METHODS, LABEL_METHODS, METHODS
+from c2t.eval._methods import METHODS_BY_KIND, all_methods
 from c2t.eval._scib import INTEGRATION_METRICS
 
 TASKS: dict[str, tuple[str, ...]] = {
@@ -84,9 +84,7 @@ METHOD_TASKS: dict[str, tuple[str, ...]] = {
 
 def method_kind(method: str) -> str:
     """``"embedding"``, ``"label"`` or ``"generative"``: which of the method dicts holds ``method``."""
-    if method in GENERATIVE_METHODS:
-        return "generative"
-    return "label" if method in LABEL_METHODS else "embedding"
+    return next((kind for kind, table in METHODS_BY_KIND.items() if method in table), "embedding")
 
 
 # the real files beside the project (../shared/data, or $C2T_DATA): a dataset entry may just name one
@@ -263,7 +261,7 @@ def _method(name: str, options: Any) -> MethodSpec:
     where = f"methods.{name}"
     options = dict(options or {})
     method = str(options.pop("method", name))
-    every = {**METHODS, **LABEL_METHODS, **GENERATIVE_METHODS}
+    every = all_methods()
     if method not in every:
         _unknown(where, "method", method, every)
     parameters = inspect.signature(every[method]).parameters
@@ -277,8 +275,7 @@ def _method(name: str, options: Any) -> MethodSpec:
 def _check_kinds(methods: dict[str, MethodSpec], tasks: list[str]) -> None:
     """Every method does at least one of the tasks, and every task has a method that can do it."""
     kinds = {name: method_kind(spec.method) for name, spec in methods.items()}
-    able = {kind: sorted(set(METHODS if kind == "embedding" else LABEL_METHODS if kind == "label" else GENERATIVE_METHODS))
-            for kind in METHOD_TASKS}
+    able = {kind: sorted(METHODS_BY_KIND[kind]) for kind in METHOD_TASKS}
     for name, spec in methods.items():
         kind = kinds[name]
         if not set(tasks) & set(METHOD_TASKS[kind]):

@@ -270,3 +270,12 @@ GENERATIVE_METHODS: dict[str, Callable] = {
     "llm_cells": llm_cells,
     "random_cells": random_cells,
 }
+
+#: The method dicts by kind (the dicts themselves: a method registered in one later is seen here too).
+METHODS_BY_KIND: dict[str, dict[str, Callable]] = {"embedding": METHODS, "label": LABEL_METHODS,
+                                                   "generative": GENERATIVE_METHODS}
+
+
+def all_methods() -> dict[str, Callable]:
+    """Every method by name, whatever its kind (read at call time, so later registrations count)."""
+    return {name: fn for table in METHODS_BY_KIND.values() for name, fn in table.items()}
