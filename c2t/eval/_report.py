@@ -209,8 +209,8 @@ def write_report(out, *, results: pd.DataFrame | None = None, summary: pd.DataFr
              f"<style>{_CSS}</style></head><body><h1>{html.escape(title)}</h1>",
              f"<p>c2t {html.escape(__version__)}{' — quick mode (subsampled cells)' if quick else ''}. Mean ± half-width "
              "of the 95% t-interval over seeds; every metric is higher-is-better except energy_distance (lower is "
-             "closer; ranked ascending); the controls and references (…_shuffled, …_real) are not ranked; rank 1 is "
-             "best; the first row "
+             "closer; ranked ascending); the controls and references (…_shuffled, …_real), and a metric only one "
+             "method reports, are not ranked; rank 1 is best; the first row "
              "(highlighted) has the best mean rank. Batch mixing rewards mixed batches, which the random control "
              "achieves by mixing everything: read it together with the label metrics.</p>"]
     md = [summary_markdown(summary, results)]
