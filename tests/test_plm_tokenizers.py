@@ -220,8 +220,7 @@ def test_rank_kernel_orders_like_cell_sentences():
         width = int(lengths.max())
         offsets = np.arange(n, dtype=np.int64) * width
         a, b = np.zeros(n * width, np.int32), np.zeros(n * width, np.int32)
-        bits = np.zeros(n * width, np.uint32)
-        rank_rows(x.indptr, x.indices, float_bits(x.data), col_map, False, 3, 5, bits_for(300), lengths, offsets, a, bits)
+        rank_rows(x.indptr, x.indices, float_bits(x.data), col_map, False, False, 3, 5, bits_for(300), k, offsets, a)
         rank_sequences(x.indptr, x.indices, x.data, col_map, np.arange(300, dtype=np.int32), np.ones(n),
                        np.ones((1, 300)), np.zeros(n, np.int64), 3, 5, bits_for(300), lengths, offsets, b,
                        np.zeros(n * width, np.uint32), np.zeros(n, np.int64))

@@ -153,6 +153,25 @@ def test_ranks_are_exact_when_neighbouring_cells_differ_in_scale(top_k):
     assert_ranks_match(kept, values[:, ::3].astype(np.float64), top_k)
 
 
+@pytest.mark.parametrize("top_k", [3, None])
+def test_explicitly_stored_zeros_are_not_expressed(top_k):
+    """A CSR matrix may store zeros (and -0.0) explicitly; they are not genes of the sentence, and the
+    rows around them still rank exactly."""
+    rng = np.random.default_rng(3)
+    values = (rng.poisson(1.5, size=(200, 40)) * (rng.random((200, 40)) < 0.5)).astype(np.float32)
+    X = sp.csr_matrix(values)
+    stored = sp.csr_matrix((np.ones_like(values) * (rng.random((200, 40)) < 0.3)) + X)  # more stored entries
+    stored.data[:] = values[stored.nonzero()]  # ... whose values are the same matrix: many stored zeros
+    stored.data[stored.data == 0] = np.where(rng.random((stored.data == 0).sum()) < 0.5, 0.0, -0.0)
+    assert (stored.data == 0).sum() > 1000 and np.array_equal(stored.toarray(), values)
+    var = pd.DataFrame(index=[f"G{j}" for j in range(40)])
+    cs = from_adata(ad.AnnData(stored, var=var), top_k=top_k, normalize="log1p")
+    n_expressed = (values > 0).sum(axis=1)
+    np.testing.assert_array_equal(cs.lengths, n_expressed if top_k is None else np.minimum(n_expressed, top_k))
+    assert_ranks_match(cs, values.astype(np.float64), top_k)
+    assert_same_sentences(cs, from_adata(ad.AnnData(X, var=var), top_k=top_k, normalize="log1p"), obs=False)
+
+
 def test_x_layer_and_raw_give_the_same_sentences(synth, reference_norm):
     """Log-normalised X, a counts layer and counts in raw all rank the same way."""
     logged = ad.AnnData(

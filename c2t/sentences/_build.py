@@ -79,24 +79,32 @@ def _rank_chunk(source: MatrixSource, plan: GenePlan, start: int, stop: int, set
     block, col_map = plan.apply(raw)
     cell_ids = source.obs_names(start, stop)
     identity = len(col_map) == len(plan.vocabulary) and bool((col_map == np.arange(len(col_map))).all())
-    n_positive, n_bad, n_non_integer = _kernels.scan_rows(block.indptr, block.indices, block.data, col_map, identity)
+    check_integer = settings.input_kind == "counts" and settings.normalize == "auto"
+    # each row gets a slot of min(top_k, stored values); rows with explicit zeros or dropped columns fill less
+    top_k = np.iinfo(np.int64).max if settings.top_k is None else settings.top_k
+    slots = np.minimum(np.diff(block.indptr).astype(np.int64), top_k)
+    slot_offsets = np.concatenate([[0], np.cumsum(slots)]).astype(np.int64)
+    ids = np.empty(slot_offsets[-1], dtype=np.int32)
+    value_bits = _kernels.float_bits(block.data)
+    n_positive, n_bad, n_non_integer = _kernels.rank_rows(
+        block.indptr, block.indices, value_bits, col_map, identity, check_integer, start, settings.seed,
+        _kernels.bits_for(len(plan.vocabulary)), top_k, slot_offsets, ids,
+    )
     if n_bad:
         where = f"{source.name} ({source.matrix}), rows {start}-{stop}"
         raise C2TInputError(_first_bad(raw, where, cell_ids, lambda c: str(source.var.index[c])))
-    if n_non_integer and settings.input_kind == "counts" and settings.normalize == "auto":
+    if n_non_integer:
         msg = (
             f"{source.name} ({source.matrix}): cells {start}-{stop} hold non-integer values, but the first cells "
             "looked like raw counts; pass normalize='counts' or 'log1p' (CLI: --normalize) to say which it is"
         )
         raise C2TInputError(msg)
-    n_genes = len(plan.vocabulary)
-    lengths = n_positive if settings.top_k is None else np.minimum(n_positive, settings.top_k)
-    offsets = np.concatenate([[0], np.cumsum(lengths)]).astype(np.int64)
-    ids = np.empty(offsets[-1], dtype=np.int32)
-    values = np.empty(offsets[-1], dtype=np.uint32)
-    value_bits = _kernels.float_bits(block.data)
-    _kernels.rank_rows(block.indptr, block.indices, value_bits, col_map, identity, start, settings.seed,
-                       _kernels.bits_for(n_genes), lengths, offsets, ids, values)
+    lengths = np.minimum(n_positive, top_k)
+    if (lengths < slots).any():  # close the gaps that explicit zeros or dropped columns left
+        offsets = np.concatenate([[0], np.cumsum(lengths)]).astype(np.int64)
+        ids = ids[np.repeat(slot_offsets[:-1] - offsets[:-1], lengths) + np.arange(offsets[-1])]
+    else:
+        offsets = slot_offsets
     library_sizes = None if block is raw else np.asarray(raw.sum(axis=1), dtype=np.float64).ravel()
     stats = _inverse_stats(block, value_bits, col_map, start, n_positive, settings, library_sizes)
     obs = source.obs_columns(settings.obs_keys, start, stop) if settings.obs_keys else pd.DataFrame(index=range(stop - start))
@@ -107,8 +115,8 @@ def _inverse_stats(block, value_bits, col_map, start: int, n_positive: np.ndarra
                    library_sizes: np.ndarray | None = None) -> RankStats:
     """Full-sentence (rank, normalised expression) statistics of the sampled cells of a chunk.
 
-    Only values are needed (equal values are interchangeable here), so each sampled row is sorted in
-    place by a kernel; no sub-matrix is copied.
+    Only values are needed (equal values are interchangeable here), so a kernel sorts each sampled row's
+    values and adds them up by rank; no sub-matrix is copied.
     """
     from c2t.sentences import _kernels
 
@@ -116,20 +124,12 @@ def _inverse_stats(block, value_bits, col_map, start: int, n_positive: np.ndarra
     rows = rows[n_positive[rows] > 0]
     if len(rows) == 0:
         return RankStats()
-    lengths = n_positive[rows]
-    offsets = np.concatenate([[0], np.cumsum(lengths)]).astype(np.int64)
-    values = np.empty(offsets[-1], dtype=np.float32)
-    totals = np.empty(len(rows), dtype=np.float64)
-    _kernels.sorted_row_values(block.indptr, block.indices, block.data, value_bits, col_map, rows.astype(np.int64),
-                               lengths, offsets, values, totals)
-    values = values.astype(np.float64)
-    if settings.input_kind == "counts":
-        if library_sizes is not None:  # columns were merged or dropped: the library size is the raw row's
-            totals = library_sizes[rows]
-        values = np.log1p(values * np.repeat(settings.target_sum / totals, lengths))
-    size = int(lengths.max())
-    count, total, total_sq = np.zeros(size), np.zeros(size), np.zeros(size)
-    _kernels.accumulate_rank_stats(offsets, values, count, total, total_sq)
+    # library sizes are the raw rows' when columns were merged or dropped, else each row's own sum
+    sizes = np.zeros(0) if library_sizes is None else library_sizes[rows]
+    count, total, total_sq = _kernels.rank_value_stats(
+        block.indptr, block.indices, value_bits, col_map, rows.astype(np.int64), n_positive[rows], sizes,
+        settings.target_sum, settings.input_kind == "counts",
+    )
     return RankStats(count, total, total_sq, len(rows))
 
 

@@ -37,19 +37,6 @@ def _cell_constants(seed, cell):
 
 
 @nb.njit(inline="always")
-def _sift_up(heap, i):
-    """Restore the min-heap order after ``heap[i]`` was appended."""
-    while i > 0:
-        parent = (i - 1) // 2
-        if heap[i] >= heap[parent]:
-            return
-        tmp = heap[i]
-        heap[i] = heap[parent]
-        heap[parent] = tmp
-        i = parent
-
-
-@nb.njit(inline="always")
 def _sift_down(heap, i, size):
     while True:
         left = 2 * i + 1
@@ -73,37 +60,6 @@ _BLOCK = 128
 #: The guess for a row's k-th largest value is the previous row's, lowered by this much in float32 bits
 #: (1/8 of a binade: about 6-12 % in value) so that usually a little more than k values pass it.
 _GUESS_MARGIN = np.uint32(1 << 20)
-
-
-@nb.njit(parallel=True, cache=True, nogil=True)
-def scan_rows(indptr, indices, data, col_map, identity):
-    """Per row: the number of positive kept entries; and for the block: bad values and non-integers.
-
-    Returns ``(n_positive, n_bad, n_non_integer)``; ``n_bad`` counts negative, NaN and infinite values.
-    ``identity`` says every column is kept as itself (``col_map`` is ``arange``), which skips the lookups.
-    """
-    n = len(indptr) - 1
-    n_positive = np.zeros(n, np.int64)
-    bad = np.zeros(n, np.int64)
-    non_integer = np.zeros(n, np.int64)
-    for i in nb.prange(n):
-        # int32 counters and bitwise (not short-circuit) operators keep the loop branch-free: it vectorises
-        count = np.int32(0)
-        n_bad = np.int32(0)
-        n_frac = np.int32(0)
-        for j in range(indptr[i], indptr[i + 1]):
-            v = data[j]
-            n_bad += np.int32((v < 0.0) | (v != v) | (v == np.inf))
-            n_frac += np.int32(v != np.floor(v))
-            count += np.int32(v > 0.0)
-        if not identity:  # recount without the dropped columns (rare: most inputs keep every column)
-            count = np.int32(0)
-            for j in range(indptr[i], indptr[i + 1]):
-                count += np.int32((data[j] > 0.0) & (col_map[indices[j]] >= 0))
-        n_positive[i] = count
-        bad[i] = n_bad
-        non_integer[i] = n_frac
-    return n_positive, bad.sum(), non_integer.sum()
 
 
 @nb.njit(inline="always")
@@ -144,159 +100,187 @@ def _select_top(values, n, k):
     return values[target]
 
 
+#: Float32 bit patterns: values in ``[_POSITIVE_MIN, _POSITIVE_MAX]`` are the positive finite floats; at or
+#: above ``_INF`` (except ``-0.0``) come +inf, NaN and every negative value.
+_POSITIVE_MAX = np.uint32(0x7F7FFFFF)
+_INF = np.uint32(0x7F800000)
+_NEGATIVE_ZERO = np.uint32(0x80000000)
+
+
 @nb.njit(inline="always")
-def _collect(value_bits, indices, col_map, identity, start, stop, floor, out):
-    """Copy the kept values with bits >= ``floor`` (>= 1: zeros never pass) of one row into ``out``."""
+def _scan_collect(value_bits, values, indices, col_map, identity, check_integer, start, stop, floor, out):
+    """One pass over a row: count its kept positive values, its bad values (negative, NaN, infinite) and its
+    non-integer values (only when ``check_integer``), and write the positions of the kept positive values with
+    bits >= ``floor`` to ``out``. Returns ``(n_positive, n_bad, n_non_integer, n_collected)``.
+
+    Branch-free (every position is written, the count advances by the condition), so the loop vectorises.
+    """
+    n_positive = np.int32(0)
+    n_bad = np.int32(0)
+    n_frac = np.int32(0)
     count = 0
     for j in range(start, stop):
         bits = value_bits[j]
-        if bits >= floor and bits < np.uint32(0x80000000) and (identity or col_map[indices[j]] >= 0):
-            out[count] = bits
-            count += 1
-    return count
+        positive = (bits - np.uint32(1)) < _POSITIVE_MAX  # 1 <= bits <= _POSITIVE_MAX, by unsigned wrap-around
+        kept = positive if identity else positive & (col_map[indices[j]] >= 0)
+        n_bad += np.int32((bits >= _INF) & (bits != _NEGATIVE_ZERO))
+        if check_integer:
+            n_frac += np.int32(values[j] != np.floor(values[j]))
+        n_positive += np.int32(kept)
+        out[count] = j
+        count += kept & (bits >= floor)
+    return n_positive, n_bad, n_frac, count
 
 
 @nb.njit(parallel=True, cache=True, nogil=True)
-def rank_rows(indptr, indices, value_bits, col_map, identity, row0, seed, mbits, lengths, offsets, out_ids,
-              out_values):
-    """Write each row's top ``lengths[i]`` genes (value descending, seeded tie-break) at ``offsets[i]``.
+def rank_rows(indptr, indices, value_bits, col_map, identity, check_integer, row0, seed, mbits, top_k, offsets,
+              out_ids):
+    """Validate every row and write its top ``top_k`` genes (value descending, seeded tie-break) at ``offsets[i]``.
 
-    ``value_bits`` is the float32 data viewed as uint32 (see :func:`float_bits`); values were validated
-    (no NaN, no negatives) before, so positive values are exactly the non-zero bit patterns.
+    ``value_bits`` is the float32 data viewed as uint32 (see :func:`float_bits`): for non-negative floats the bit
+    patterns order like the values. ``offsets`` give each row a slot of ``min(top_k, stored values)``; a row
+    fills ``min(top_k, n_positive[i])`` of it (explicit zeros and dropped columns leave the rest unwritten).
+    Returns ``(n_positive, n_bad, n_non_integer)``: per-row kept positive values, and totals of bad values
+    (negative, NaN, infinite) and of non-integer values (counted only when ``check_integer``); when ``n_bad``
+    is not zero the written ids are meaningless.
 
-    Count data has few distinct values per cell (hundreds of genes share the value of one count), so the
-    work is split in two passes. The first finds the k-th largest value: the values at or above a guess
-    (the previous row's k-th value, lowered a little; neighbouring cells look alike) are copied out and a
-    quickselect picks the k-th among them; if fewer than k pass the guess, every value is a candidate.
-    The second builds keys for the genes above that value (all kept) and, among the genes tied at it,
-    keeps those with the largest seeded permutation; the kept keys are then sorted. The guess only
-    decides how much work the first pass does, never the result.
+    One pass over the row counts and validates it and collects the positions of the values at or above a
+    guess of the k-th largest (the previous row's k-th value, lowered a little: neighbouring cells look
+    alike); when fewer than k pass, a second pass collects every positive value. Keys are built for the
+    collected genes only (usually a little more than k), a quickselect keeps the k largest and they are
+    sorted. The guess only decides how much work is done, never the result.
     """
     n = len(indptr) - 1
     mask = np.uint64((1 << mbits) - 1)
     shift = np.uint64((mbits + 1) // 2)  # 2 * shift >= mbits: x ^ (x >> shift) is its own inverse
+    values = value_bits.view(np.float32)
+    n_positive = np.zeros(n, np.int64)
+    bad = np.zeros(n, np.int64)
+    non_integer = np.zeros(n, np.int64)
     for b in nb.prange((n + _BLOCK - 1) // _BLOCK):
         lo, hi = b * _BLOCK, min(n, (b + 1) * _BLOCK)
-        max_len, max_k = 1, 1
+        max_len = 1
         for i in range(lo, hi):
             max_len = max(max_len, indptr[i + 1] - indptr[i])
-            max_k = max(max_k, lengths[i])
-        candidates = np.empty(max_len, np.uint32)
-        keys = np.empty(max_k, np.uint64)
-        tied = np.empty(max_k, np.uint64)  # min-heap of the best tied keys
+        positions = np.empty(max_len, np.int64)
+        keys = np.empty(max_len, np.uint64)
+        scratch = np.empty(max_len, np.uint64)
+        counts = np.empty(2048, np.int64)
         guess = np.uint32(1)
         for i in range(lo, hi):
-            k = lengths[i]
+            start, stop = indptr[i], indptr[i + 1]
+            floor = guess if top_k < stop - start else np.uint32(1)  # a full row needs every value anyway
+            n_pos, n_bad, n_frac, n_cand = _scan_collect(value_bits, values, indices, col_map, identity,
+                                                         check_integer, start, stop, floor, positions)
+            n_positive[i] = n_pos
+            bad[i] = n_bad
+            non_integer[i] = n_frac
+            k = min(top_k, n_pos)
             if k == 0:
                 continue
-            start, stop = indptr[i], indptr[i + 1]
-            # pass 1: the k-th largest value (as bits) among the kept positive entries
-            n_candidates = _collect(value_bits, indices, col_map, identity, start, stop, guess, candidates)
-            if n_candidates < k:
-                n_candidates = _collect(value_bits, indices, col_map, identity, start, stop, np.uint32(1), candidates)
-            threshold = _select_top(candidates, n_candidates, k)
-            guess = threshold - _GUESS_MARGIN if threshold > _GUESS_MARGIN else np.uint32(1)
-            n_above = 0
-            for t in range(k):
-                n_above += candidates[t] > threshold
-            n_tied = k - n_above  # how many of the genes at the threshold value are kept
-            # pass 2: keys of the kept genes
+            if n_cand < k:  # the guess was too high: take every positive value
+                n_cand = _scan_collect(value_bits, values, indices, col_map, identity, check_integer=False,
+                                       start=start, stop=stop, floor=np.uint32(1), out=positions)[3]
             mult, add, inv = _cell_constants(seed, row0 + i)
-            n_keys = 0
-            n_tied_kept = 0
-            for j in range(start, stop):
-                bits = value_bits[j]
-                if bits < threshold or bits >= np.uint32(0x80000000):
-                    continue
+            for t in range(n_cand):
+                j = positions[t]
                 gene = indices[j] if identity else col_map[indices[j]]
-                if gene < 0:
-                    continue
                 x = (np.uint64(gene) * mult + add) & mask
                 x = x ^ (x >> shift)
-                key = (np.uint64(bits) << np.uint64(32)) | x
-                if bits > threshold:
-                    keys[n_keys] = key
-                    n_keys += 1
-                elif n_tied_kept < n_tied:
-                    tied[n_tied_kept] = key
-                    _sift_up(tied, n_tied_kept)
-                    n_tied_kept += 1
-                elif key > tied[0]:
-                    tied[0] = key
-                    _sift_down(tied, 0, n_tied_kept)
-            for t in range(n_tied_kept):
-                keys[n_keys + t] = tied[t]
-            keys[:k].sort()
+                keys[t] = (np.uint64(value_bits[j]) << np.uint64(32)) | x
+            if n_cand > k:
+                kth = _select_top(keys, n_cand, k)
+                guess = np.uint32(kth >> np.uint64(32))
+                guess = guess - _GUESS_MARGIN if guess > _GUESS_MARGIN else np.uint32(1)
+            _radix_sort(keys[:k], scratch[:k], counts)
             base = offsets[i]
             for t in range(k):  # ascending keys: write from the end for descending order
-                key = keys[t]
-                x = key & mask
+                x = keys[t] & mask
                 x = x ^ (x >> shift)
                 out_ids[base + k - 1 - t] = np.int32(((x - add) * inv) & mask)
-                out_values[base + k - 1 - t] = np.uint32(key >> np.uint64(32))
+    return n_positive, bad.sum(), non_integer.sum()
 
 
 @nb.njit(inline="always")
-def _radix_sort(keys, scratch, n, counts):
-    """Sort ``keys[:n]`` (uint32) ascending by three 11-bit LSD radix passes that alternate between ``keys``
-    and ``scratch``; return the one holding the result. About twice as fast as a comparison sort on rows
-    of hundreds to thousands of values."""
-    src, dst = keys, scratch
-    for shift in (0, 11, 22):
-        counts[:] = 0
-        for t in range(n):
-            counts[(src[t] >> shift) & 2047] += 1
+def _radix_sort(keys, tmp, count):
+    """Sort ``keys`` (unsigned integers) ascending in place: LSD radix on 8-bit digits, every digit's histogram
+    in one pass, skipping the digits that all keys share. ``tmp`` is scratch of the same length and dtype;
+    ``count`` an int64 scratch array of at least ``256 * keys.itemsize``. Faster than a comparison sort from
+    a hundred keys on (no unpredictable branches)."""
+    n = len(keys)
+    if n < 2:
+        return
+    n_digits = keys.itemsize
+    hist = count[: 256 * n_digits].reshape(n_digits, 256)
+    hist[:, :] = 0
+    for q in range(n):
+        k = np.uint64(keys[q])
+        for d in range(n_digits):
+            hist[d, (k >> np.uint64(8 * d)) & np.uint64(0xFF)] += 1
+    src, dst = keys, tmp
+    for d in range(n_digits):
+        shift = np.uint64(8 * d)
+        h = hist[d]
+        if h[(np.uint64(src[0]) >> shift) & np.uint64(0xFF)] == n:
+            continue  # every key has this digit: the pass would not move anything
         total = 0
-        for d in range(2048):
-            c = counts[d]
-            counts[d] = total
+        for b in range(256):
+            c = h[b]
+            h[b] = total
             total += c
-        for t in range(n):
-            d = (src[t] >> shift) & 2047
-            dst[counts[d]] = src[t]
-            counts[d] += 1
+        for q in range(n):
+            b = (np.uint64(src[q]) >> shift) & np.uint64(0xFF)
+            dst[h[b]] = src[q]
+            h[b] += 1
         src, dst = dst, src
-    return src
+    if src is not keys:
+        keys[:] = src
 
 
 @nb.njit(parallel=True, cache=True, nogil=True)
-def sorted_row_values(indptr, indices, data, value_bits, col_map, rows, lengths, offsets, out_values, out_totals):
-    """For each row in ``rows``: its positive kept values in descending order (at ``offsets``, as float32)
-    and the sum of all its values (the library size, over every column). ``value_bits`` is
-    :func:`float_bits` of ``data``."""
+def rank_value_stats(indptr, indices, value_bits, col_map, rows, lengths, library_sizes, target_sum, counts_input):
+    """Per-rank count, sum and sum of squares of expression over ``rows`` (each row's positive kept values in
+    descending order; ``lengths[r]`` of them).
+
+    With ``counts_input`` a value is first normalised as ``log1p(value * target_sum / library size)``, the
+    library size being ``library_sizes[r]`` when that array is not empty, else the sum of the row's values.
+    Each block of rows adds into its own accumulators (summed at the end), so no row's values are kept.
+    """
+    values = value_bits.view(np.float32)
     n = len(rows)
-    for b in nb.prange((n + _BLOCK - 1) // _BLOCK):
+    size = max(1, lengths.max()) if n else 1
+    n_blocks = (n + _BLOCK - 1) // _BLOCK
+    count = np.zeros((n_blocks, size))
+    total = np.zeros((n_blocks, size))
+    total_sq = np.zeros((n_blocks, size))
+    for b in nb.prange(n_blocks):
         lo, hi = b * _BLOCK, min(n, (b + 1) * _BLOCK)
-        size = max(1, lengths[lo:hi].max())
-        keys, scratch = np.empty(size, np.uint32), np.empty(size, np.uint32)
-        counts = np.empty(2048, np.int64)
+        width = max(1, lengths[lo:hi].max())
+        keys, scratch = np.empty(width, np.uint32), np.empty(width, np.uint32)
+        digit_counts = np.empty(1024, np.int64)
         for r in range(lo, hi):
             i = rows[r]
-            count = 0
-            total = 0.0
+            m = 0
+            row_sum = 0.0
             for j in range(indptr[i], indptr[i + 1]):
-                total += data[j]
+                row_sum += values[j]
                 bits = value_bits[j]
-                if bits > 0 and bits < np.uint32(0x80000000) and col_map[indices[j]] >= 0:
-                    keys[count] = bits
-                    count += 1
-            ordered = _radix_sort(keys, scratch, count, counts).view(np.float32)
-            base = offsets[r]
-            for t in range(count):
-                out_values[base + t] = ordered[count - 1 - t]
-            out_totals[r] = total
-
-
-@nb.njit(cache=True, nogil=True)
-def accumulate_rank_stats(offsets, values, count, total, total_sq):
-    """Add each row's values (in rank order) to the per-rank count, sum and sum of squares."""
-    for r in range(len(offsets) - 1):
-        base = offsets[r]
-        for t in range(offsets[r + 1] - base):
-            v = values[base + t]
-            count[t] += 1.0
-            total[t] += v
-            total_sq[t] += v * v
+                if (bits - np.uint32(1)) < _POSITIVE_MAX and col_map[indices[j]] >= 0:
+                    keys[m] = bits
+                    m += 1
+            _radix_sort(keys[:m], scratch[:m], digit_counts)
+            ordered = keys.view(np.float32)
+            scale = 1.0
+            if counts_input:
+                scale = target_sum / (library_sizes[r] if len(library_sizes) else row_sum)
+            for t in range(m):
+                v = np.float64(ordered[m - 1 - t])
+                if counts_input:
+                    v = np.log1p(v * scale)
+                count[b, t] += 1.0
+                total[b, t] += v
+                total_sq[b, t] += v * v
+    return count.sum(axis=0), total.sum(axis=0), total_sq.sum(axis=0)
 
 
 @nb.njit(cache=True)
