@@ -11,7 +11,7 @@ from __future__ import annotations
 import numba as nb
 import numpy as np
 
-from c2t.sentences._kernels import _cell_constants, _mix, _sift_down
+from c2t.sentences._kernels import _cell_constants, _mix, _radix_sort, _sift_down
 
 _SALT_TIES = np.uint64(0x5C6F_7A11)
 _SALT_SAMPLE = np.uint64(0x5A4D_9E21)
@@ -24,40 +24,6 @@ def _uniform(seed, cell, item, salt):
     z = _mix(_mix(np.uint64(seed) ^ salt) + np.uint64(cell))
     z = _mix(z + np.uint64(item))
     return np.float64(z >> np.uint64(11)) / 9007199254740992.0
-
-
-@nb.njit(cache=True, nogil=True)
-def _radix_sort(keys, tmp, count):
-    """Sort ``keys`` (uint64) ascending in place: LSD radix on 8-bit digits, all eight histograms in one
-    pass, skipping the digits every key shares. ``tmp`` is scratch of the same length; ``count`` is an
-    int64 scratch array of at least 2,048."""
-    n = len(keys)
-    if n < 2:
-        return
-    hist = count[:2048].reshape(8, 256)
-    hist[:, :] = 0
-    for q in range(n):
-        k = keys[q]
-        for d in range(8):
-            hist[d, (k >> np.uint64(8 * d)) & np.uint64(0xFF)] += 1
-    src, dst = keys, tmp
-    for d in range(8):
-        shift = np.uint64(8 * d)
-        h = hist[d]
-        if h[(src[0] >> shift) & np.uint64(0xFF)] == n:
-            continue  # every key has this digit: the pass would not move anything
-        total = 0
-        for b in range(256):
-            c = h[b]
-            h[b] = total
-            total += c
-        for q in range(n):
-            b = (src[q] >> shift) & np.uint64(0xFF)
-            dst[h[b]] = src[q]
-            h[b] += 1
-        src, dst = dst, src
-    if src is not keys:
-        keys[:] = src
 
 
 @nb.njit(inline="always")
