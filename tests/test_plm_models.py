@@ -148,6 +148,18 @@ def test_load_geneformer_folder(cells, tmp_path):
     enc2 = plm.load_checkpoint(tmp_path / "gf2", gene_key="ensembl", pooling="cls")
     assert enc2.tokenizer.version == 2 and enc2.embed(data).shape == (data.n_obs, 16)
     assert enc2.tokenizer.medians  # fitted on the data it embedded
+    # the published layout: the model folder holds config + weights only, the dictionaries ship in the
+    # geneformer package (geneformer/token_dictionary_gc104M.pkl, gene_median_dictionary_gc104M.pkl)
+    package = tmp_path / "geneformer"
+    package.mkdir()
+    for name in ("token_dictionary_gc104M.pkl", "gene_median_dictionary_gc104M.pkl"):
+        (tmp_path / "gf" / name).rename(package / name)
+    with pytest.raises(C2TInputError, match="pass token_dictionary="):
+        plm.load_geneformer(tmp_path / "gf", gene_key="ensembl")
+    split = plm.load_geneformer(tmp_path / "gf", gene_key="ensembl",
+                                token_dictionary=package / "token_dictionary_gc104M.pkl",
+                                gene_medians=package / "gene_median_dictionary_gc104M.pkl")
+    np.testing.assert_allclose(split.embed(data), x, rtol=1e-5)
     # some genes absent from the vocabulary: counted and reported
     partial = data.copy()
     partial.var["ensembl"] = genes[:20] + [f"OTHER{i}" for i in range(5)]
