@@ -231,7 +231,7 @@ def test_unreachable_server_fails_clearly_after_bounded_retries(gen_run):
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
     engine = OpenAIBackend(f"http://127.0.0.1:{port}/v1", "cells", spec=model_spec(gen_run), max_retries=1, timeout=5)
-    with pytest.raises(ConnectionError, match=f"could not reach the server at http://127.0.0.1:{port}/v1 after 1 retries"):
+    with pytest.raises(ConnectionError, match=f"could not reach the OpenAI-compatible server at http://127.0.0.1:{port}/v1 after 1 retries"):
         generate_cells(gen_run, labels="B:1", backend=engine)
 
 

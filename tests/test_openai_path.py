@@ -96,9 +96,9 @@ def test_llm_descriptions_are_cached_and_resumable(chat_server, tmp_path):
 
 
 def test_unreachable_endpoint_and_missing_key(tmp_path, monkeypatch):
-    with pytest.raises(C2TInputError, match=r"cannot reach .*127\.0\.0\.1:9.* after 1 retries"):
+    with pytest.raises(C2TInputError, match=r"could not reach .*127\.0\.0\.1:9.* after 1 retries"):
         OpenAIEmbeddingEncoder("minilm", base_url="http://127.0.0.1:9/v1", max_retries=1, timeout=5).encode(["x"])
-    with pytest.raises(C2TInputError, match="cannot reach"):
+    with pytest.raises(C2TInputError, match="could not reach"):
         describe_genes_with_llm(["CD3D"], model="m", base_url="http://127.0.0.1:9/v1", cache_dir=tmp_path, max_retries=1)
     assert tmp_path.exists()  # the cache folder is kept
     monkeypatch.delenv("OPENAI_API_KEY")

@@ -26,7 +26,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from c2t._errors import C2TInputError
+from c2t._errors import C2TInputError, call_openai
 from c2t.generate._sampling import Sampling, request_seed
 
 BACKENDS = ("transformers", "vllm", "openai")
@@ -350,8 +350,6 @@ class OpenAIBackend(Backend):
                              max_retries=max_retries, timeout=timeout)
 
     def _one(self, prompt: str, n: int, seed: int, sampling: Sampling) -> list[str]:
-        import openai
-
         body: dict[str, Any] = {"model": self.model, "n": n, "seed": seed, "max_tokens": sampling.max_new_tokens,
                                 "temperature": sampling.temperature, "top_p": 1.0 if sampling.greedy else sampling.top_p}
         extra = {}
@@ -359,20 +357,15 @@ class OpenAIBackend(Backend):
             extra["top_k"] = sampling.top_k
         if sampling.repetition_penalty != 1.0:
             extra["repetition_penalty"] = sampling.repetition_penalty
-        try:
+        def call() -> list[str]:
             if self.chat:
                 response = self.client.chat.completions.create(
                     messages=[{"role": "user", "content": prompt}], extra_body=extra or None, **body)
-                texts = [c.message.content or "" for c in sorted(response.choices, key=lambda c: c.index)]
-            else:
-                response = self.client.completions.create(prompt=prompt, extra_body=extra or None, **body)
-                texts = [c.text for c in sorted(response.choices, key=lambda c: c.index)]
-        except (openai.APIConnectionError, openai.APITimeoutError) as err:
-            msg = f"could not reach the server at {self.base_url} after {self.max_retries} retries: {err}"
-            raise ConnectionError(msg) from None
-        except openai.NotFoundError as err:
-            msg = f"the server at {self.base_url} does not serve the model {self.model!r}: {err}"
-            raise C2TInputError(msg) from None
+                return [c.message.content or "" for c in sorted(response.choices, key=lambda c: c.index)]
+            response = self.client.completions.create(prompt=prompt, extra_body=extra or None, **body)
+            return [c.text for c in sorted(response.choices, key=lambda c: c.index)]
+
+        texts = call_openai(call, base_url=self.base_url, max_retries=self.max_retries, model=self.model)
         return [t.strip() for t in texts]
 
     def complete(self, prompts: Sequence[str], *, sampling: Sampling, n: int | Sequence[int] = 1) -> list[list[str]]:

@@ -14,7 +14,7 @@ from typing import Protocol
 import numpy as np
 
 from c2t._atomic import atomic_path
-from c2t._errors import C2TInputError
+from c2t._errors import C2TInputError, call_openai
 
 __all__ = ["OpenAIEmbeddingEncoder", "SentenceTransformerEncoder", "TextEncoder", "encode_cached", "openai_client"]
 
@@ -96,20 +96,6 @@ def openai_client(*, base_url: str | None, api_key_env: str = "OPENAI_API_KEY", 
     return openai.OpenAI(base_url=base_url, api_key=key, max_retries=max_retries, timeout=timeout)
 
 
-def call_with_connection_errors(fn: Callable, *, base_url: str | None, max_retries: int):
-    """Run an API call; turn connection failures (after the client's retries) into a one-line error."""
-    import openai
-
-    try:
-        return fn()
-    except (openai.APIConnectionError, openai.APITimeoutError) as err:
-        msg = f"cannot reach the OpenAI-compatible server at {base_url or 'api.openai.com'} after {max_retries} retries ({err})"
-        raise C2TInputError(msg) from None
-    except openai.NotFoundError as err:
-        msg = f"the server at {base_url} does not serve this model or endpoint ({err})"
-        raise C2TInputError(msg) from None
-
-
 class OpenAIEmbeddingEncoder:
     """Embeddings from any OpenAI-compatible ``/embeddings`` endpoint (OpenAI, vLLM ``--runner pooling``, ...).
 
@@ -138,9 +124,9 @@ class OpenAIEmbeddingEncoder:
         out = []
         for start in range(0, len(texts), self.batch_size):
             batch = list(texts[start : start + self.batch_size])
-            response = call_with_connection_errors(
+            response = call_openai(
                 lambda batch=batch: self.client.embeddings.create(model=self.model, input=batch),
-                base_url=self.base_url, max_retries=self.max_retries,
+                base_url=self.base_url, max_retries=self.max_retries, model=self.model,
             )
             out.extend(item.embedding for item in sorted(response.data, key=lambda d: d.index))
         return np.asarray(out, dtype=np.float32).reshape(len(texts), -1)

@@ -16,8 +16,8 @@ from pathlib import Path
 
 import pandas as pd
 
-from c2t._errors import C2TInputError
-from c2t.genes._encoders import call_with_connection_errors, openai_client
+from c2t._errors import C2TInputError, call_openai
+from c2t.genes._encoders import openai_client
 
 __all__ = ["DEFAULT_GENE_PROMPT", "describe_genes_with_llm"]
 
@@ -97,12 +97,12 @@ def describe_genes_with_llm(
         client = openai_client(base_url=base_url, api_key_env=api_key_env, max_retries=max_retries)
 
         def ask(gene: str) -> tuple[str, str]:
-            response = call_with_connection_errors(
+            response = call_openai(
                 lambda: client.chat.completions.create(
                     model=model, messages=[{"role": "user", "content": prompt.format(gene=gene)}],
                     max_tokens=max_tokens, temperature=temperature, seed=seed,
                 ),
-                base_url=base_url, max_retries=max_retries,
+                base_url=base_url, max_retries=max_retries, model=model,
             )
             return gene, (response.choices[0].message.content or "").strip()
 
