@@ -60,6 +60,8 @@ _BLOCK = 128
 #: The guess for a row's k-th largest value is the previous row's, lowered by this much in float32 bits
 #: (1/8 of a binade: about 6-12 % in value) so that usually a little more than k values pass it.
 _GUESS_MARGIN = np.uint32(1 << 20)
+#: One binade (a factor of 2 in value) in float32 bits: the first step down when the guess was too high.
+_BINADE = np.uint32(1 << 23)
 
 
 @nb.njit(inline="always")
@@ -146,7 +148,7 @@ def rank_rows(indptr, indices, value_bits, col_map, identity, check_integer, row
 
     One pass over the row counts and validates it and collects the positions of the values at or above a
     guess of the k-th largest (the previous row's k-th value, lowered a little: neighbouring cells look
-    alike); when fewer than k pass, a second pass collects every positive value. Keys are built for the
+    alike); when fewer than k pass, the guess is lowered by a binade, then to every positive value. Keys are built for the
     collected genes only (usually a little more than k), a quickselect keeps the k largest and they are
     sorted. The guess only decides how much work is done, never the result.
     """
@@ -178,9 +180,12 @@ def rank_rows(indptr, indices, value_bits, col_map, identity, check_integer, row
             k = min(top_k, n_pos)
             if k == 0:
                 continue
-            if n_cand < k:  # the guess was too high: take every positive value
+            retries = 0
+            while n_cand < k:  # the guess was too high: lower it by a binade, then take every positive value
+                floor = floor - _BINADE if retries == 0 and floor > _BINADE else np.uint32(1)
+                retries += 1
                 n_cand = _scan_collect(value_bits, values, indices, col_map, identity, check_integer=False,
-                                       start=start, stop=stop, floor=np.uint32(1), out=positions)[3]
+                                       start=start, stop=stop, floor=floor, out=positions)[3]
             mult, add, inv = _cell_constants(seed, row0 + i)
             for t in range(n_cand):
                 j = positions[t]
