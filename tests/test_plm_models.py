@@ -143,6 +143,11 @@ def test_load_geneformer_folder(cells, tmp_path):
     assert x.shape == (data.n_obs, 16) and enc.hidden_layer == -2
     assert enc.report["genes"]["n_matched"] == 25
     assert enc.tokenizer.version == 1 and enc.tokenizer.max_length == 32
+    # the benchmark's plm method takes the same checkpoint (c2t bench: methods: {plm: {path: ..., ...}})
+    from c2t.eval._methods import plm as plm_method
+
+    by_bench = plm_method(data, path=str(tmp_path / "gf"), checkpoint_options={"gene_key": "ensembl"})
+    np.testing.assert_allclose(by_bench, x, rtol=1e-5)
     # v2 (<cls>/<eos>) and medians computed from the data when the folder has none
     save_geneformer(tmp_path / "gf2", genes, version=2, medians=False)
     enc2 = plm.load_checkpoint(tmp_path / "gf2", gene_key="ensembl", pooling="cls")

@@ -115,6 +115,22 @@ def test_geneformer_medians_from_reference_and_padding():
     assert "Q" not in tok2.medians
 
 
+def test_geneformer_cell_totals_from_n_counts(tmp_path):
+    """The published tokenizer divides by obs["n_counts"]; with total_key the medians follow that column."""
+    ref = cells([[1, 1, 0], [1, 3, 0], [0, 4, 4]], genes=["X", "Y", "Z"], obs={"n_counts": [4.0, 8.0, 16.0]})
+    tok = plm.GeneformerTokenizer(total_key="n_counts").fit(ref)
+    assert tok.medians["X"] == pytest.approx(1875.0)  # 1/4 and 1/8 x 10,000
+    assert tok.medians["Y"] == pytest.approx(2500.0)  # 2500, 3750, 2500
+    assert tok.medians["Z"] == pytest.approx(2500.0)
+    assert plm.GeneformerTokenizer().fit(ref).medians["X"] == pytest.approx(3750.0)  # the row sums 2, 4, 8
+    assert plm.load_tokenizer(tok.save(tmp_path / "tok")).total_key == "n_counts"
+    bad = cells([[1, 1, 0], [1, 3, 0]], genes=["X", "Y", "Z"], obs={"n_counts": [4.0, 0.0]})
+    with pytest.raises(C2TInputError, match=r"obs\['n_counts'\] must hold each cell's positive total count; cell 'c1'"):
+        plm.GeneformerTokenizer(total_key="n_counts").fit(bad)
+    with pytest.raises(C2TInputError, match="n_counts"):
+        plm.GeneformerTokenizer(total_key="n_counts").fit(cells([[1, 1, 0]], genes=["X", "Y", "Z"]))
+
+
 def test_geneformer_ties_are_seeded_and_chunking_independent():
     adata = cells([[2, 2, 2, 2, 2]] * 6)
     tok = plm.GeneformerTokenizer(gene_medians=dict.fromkeys(GENES, 1.0))

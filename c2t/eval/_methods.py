@@ -132,17 +132,20 @@ def cellama_finetuned(adata, *, train, top_k: int = 32, metadata_keys: tuple[str
                                  copy=True).obsm["X_cellama"]
 
 
-def plm(adata, *, path: str | None = None, tokenizer: str = "geneformer", max_length: int = 256,
-        max_steps: int = 200, hidden_size: int = 128, num_layers: int = 2, seed: int = 0) -> np.ndarray:
-    """A PLM encoder: a folder from ``c2t pretrain`` (``path``), or else a small BERT pre-trained from scratch
-    on these cells for ``max_steps`` masked-gene steps with the ``tokenizer`` recipe (labels are not used).
+def plm(adata, *, path: str | None = None, checkpoint_options: dict | None = None, tokenizer: str = "geneformer",
+        max_length: int = 256, max_steps: int = 200, hidden_size: int = 128, num_layers: int = 2,
+        seed: int = 0) -> np.ndarray:
+    """A PLM encoder: ``path`` is a folder from ``c2t pretrain`` or a published checkpoint on disk (a Geneformer
+    or tGPT folder, loaded by :func:`c2t.plm.load_checkpoint` with ``checkpoint_options``, e.g. ``gene_key``,
+    ``token_dictionary``, ``total_key``); without it, a small BERT is pre-trained from scratch on these cells
+    for ``max_steps`` masked-gene steps with the ``tokenizer`` recipe (labels are not used).
 
     Needs torch and transformers (``pip install 'c2t[plm]'``).
     """
-    from c2t.plm import load_encoder, pretrain
+    from c2t.plm import load_checkpoint, pretrain
 
     if path:
-        encoder = load_encoder(path)
+        encoder = load_checkpoint(path, **dict(checkpoint_options or {}))
     else:
         encoder = pretrain(adata, tokenizer=tokenizer, tokenizer_options={"max_length": max_length},
                            max_steps=max_steps, hidden_size=hidden_size, num_layers=num_layers,

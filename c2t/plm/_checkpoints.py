@@ -137,7 +137,8 @@ def _find(folder: Path, words: tuple[str, ...]) -> Path | None:
 
 def load_geneformer(folder: str | os.PathLike, *, token_dictionary: str | os.PathLike | dict | None = None,
                     gene_medians: str | os.PathLike | dict | None = None, gene_key: str | None = None,
-                    pooling: str | None = None, hidden_layer: int = -2, seed: int = 0) -> PLMEncoder:
+                    total_key: str | None = None, pooling: str | None = None, hidden_layer: int = -2,
+                    seed: int = 0) -> PLMEncoder:
     """Load a Geneformer checkpoint folder: a transformers ``BertForMaskedLM`` (``config.json`` + weights)
     with its token dictionary (gene -> token id, ``*token_dictionary*.pkl`` or ``.json``) and, if present,
     its gene median dictionary (``*median*.pkl`` or ``.json``).
@@ -148,6 +149,8 @@ def load_geneformer(folder: str | os.PathLike, *, token_dictionary: str | os.Pat
     Cell embeddings are the mean over gene tokens of the second-to-last layer (Geneformer's default;
     ``hidden_layer=-1`` for the last), or the ``<cls>`` output with ``pooling="cls"``. Genes are matched by
     the dictionary's ids (Ensembl for the published model): pass ``gene_key`` = the ``var`` column holding them.
+    ``total_key="n_counts"`` takes each cell's total count from that ``obs`` column, as the published tokenizer
+    does (default: the row sum over every gene).
 
     Pickle files can run code when loaded: only load dictionaries you trust (or convert them to JSON).
     """
@@ -180,7 +183,7 @@ def load_geneformer(folder: str | os.PathLike, *, token_dictionary: str | os.Pat
         msg = f"{folder}: the token dictionary has ids beyond the model's vocab_size {vocab_size} (e.g. {too_big[0]!r})"
         raise C2TInputError(msg)
     tok = GeneformerTokenizer(version=version, token_dictionary=token_dictionary, gene_medians=gene_medians,
-                              max_length=max_length, seed=seed)
+                              max_length=max_length, total_key=total_key, seed=seed)
     backbone = BertForMaskedLM.from_pretrained(folder)
     spec = ModelSpec(objective="mlm", vocab_size=vocab_size, max_length=max_length,
                      pad_id=int(token_dictionary["<pad>"]), hidden_size=backbone.config.hidden_size,

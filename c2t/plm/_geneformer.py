@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Iterator, Mapping, Sequence
 from typing import Any, Literal
 
@@ -78,6 +79,9 @@ class GeneformerTokenizer(CellTokenizer):
         overrides ``genes``.
     max_length
         Tokens per cell including special tokens (default 2,048 for v1, 4,096 for v2).
+    total_key
+        An ``obs`` column holding each cell's total count (the published tokenizer reads ``obs["n_counts"]``);
+        default: the sum of the cell's row over every gene.
     target_sum
         The per-cell scale (10,000).
     seed
@@ -106,7 +110,8 @@ class GeneformerTokenizer(CellTokenizer):
 
     def __init__(self, *, version: Literal[1, 2] = 1, genes: Sequence[str] | None = None,
                  gene_medians: Mapping[str, float] | None = None, token_dictionary: Mapping[str, int] | None = None,
-                 max_length: int | None = None, target_sum: float = 1e4, seed: int = 0) -> None:
+                 max_length: int | None = None, total_key: str | None = None, target_sum: float = 1e4,
+                 seed: int = 0) -> None:
         if version not in (1, 2):
             msg = f"version must be 1 (2,048 tokens) or 2 (<cls> ... <eos>, 4,096 tokens), not {version!r}"
             raise C2TInputError(msg)
@@ -118,6 +123,8 @@ class GeneformerTokenizer(CellTokenizer):
             raise C2TInputError(msg)
         self.target_sum = float(target_sum)
         self.seed = int(seed)
+        self.total_key = total_key
+        self.obs_keys = (total_key,) if total_key else ()
         self.medians = None if gene_medians is None else {str(k): float(v) for k, v in gene_medians.items()}
         if self.medians is not None:
             bad = [g for g, v in self.medians.items() if not (v > 0 and np.isfinite(v))]
@@ -151,7 +158,21 @@ class GeneformerTokenizer(CellTokenizer):
         keep = np.array([g in self.medians for g in names], dtype=bool)
         return names[keep], ids[keep]
 
+    def _with_totals(self, block: Block) -> Block:
+        """The block with the cell totals of ``obs[total_key]`` (when set), checked."""
+        if not self.total_key:
+            return block
+        totals = pd.to_numeric(block.obs[self.total_key], errors="coerce").to_numpy(dtype=np.float64)
+        bad = ~(np.isfinite(totals) & ((totals > 0) | (block.n_kept == 0)))
+        if bad.any():
+            i = int(np.flatnonzero(bad)[0])
+            msg = (f"obs[{self.total_key!r}] must hold each cell's positive total count; cell "
+                   f"{block.cell_ids[i]!r} has {block.obs[self.total_key].iloc[i]!r}")
+            raise C2TInputError(msg)
+        return dataclasses.replace(block, totals=totals)
+
     def _fit_stats(self, blocks: Iterator[Block]) -> None:
+        blocks = (self._with_totals(b) for b in blocks)
         if self.medians is not None:
             for _ in blocks:  # still check the values (counts) of the reference
                 pass
@@ -177,6 +198,7 @@ class GeneformerTokenizer(CellTokenizer):
         return np.where(col >= 0, self._inv_median[np.maximum(col, 0)], 0.0)
 
     def _encode(self, block: Block) -> Encoding:
+        block = self._with_totals(block)
         v2 = self.version == 2
         pad = self.vocab.id("pad")
         prefix = np.full((block.matrix.shape[0], 1), self.vocab.id("cls")) if v2 else None
@@ -188,7 +210,7 @@ class GeneformerTokenizer(CellTokenizer):
 
     def _params(self) -> dict[str, Any]:
         return {"version": self.version, "gene_medians": self.medians, "max_length": self.max_length,
-                "target_sum": self.target_sum, "seed": self.seed}
+                "total_key": self.total_key, "target_sum": self.target_sum, "seed": self.seed}
 
 
 def vocab_from_dictionary(token_dictionary: Mapping[str, int], *, version: int) -> TokenVocab:
