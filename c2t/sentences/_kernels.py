@@ -102,8 +102,8 @@ def _select_top(values, n, k):
     return values[target]
 
 
-#: Float32 bit patterns: values in ``[_POSITIVE_MIN, _POSITIVE_MAX]`` are the positive finite floats; at or
-#: above ``_INF`` (except ``-0.0``) come +inf, NaN and every negative value.
+#: Float32 bit patterns: ``1 .. _POSITIVE_MAX`` are the positive finite floats; at or above ``_INF`` (except
+#: ``-0.0``) come +inf, NaN and every negative value.
 _POSITIVE_MAX = np.uint32(0x7F7FFFFF)
 _INF = np.uint32(0x7F800000)
 _NEGATIVE_ZERO = np.uint32(0x80000000)
@@ -115,7 +115,7 @@ def _scan_collect(value_bits, values, indices, col_map, identity, check_integer,
     non-integer values (only when ``check_integer``), and write the positions of the kept positive values with
     bits >= ``floor`` to ``out``. Returns ``(n_positive, n_bad, n_non_integer, n_collected)``.
 
-    Branch-free (every position is written, the count advances by the condition), so the loop vectorises.
+    Branch-free (every position is written; the count advances by the condition): no mispredicted branches.
     """
     n_positive = np.int32(0)
     n_bad = np.int32(0)
@@ -148,9 +148,9 @@ def rank_rows(indptr, indices, value_bits, col_map, identity, check_integer, row
 
     One pass over the row counts and validates it and collects the positions of the values at or above a
     guess of the k-th largest (the previous row's k-th value, lowered a little: neighbouring cells look
-    alike); when fewer than k pass, the guess is lowered by a binade, then to every positive value. Keys are built for the
-    collected genes only (usually a little more than k), a quickselect keeps the k largest and they are
-    sorted. The guess only decides how much work is done, never the result.
+    alike); when fewer than k pass, the guess is lowered by a binade, then to every positive value. Keys
+    are built for the collected genes only (usually a little more than k), a quickselect keeps the k
+    largest and they are radix-sorted. The guess only decides how much work is done, never the result.
     """
     n = len(indptr) - 1
     mask = np.uint64((1 << mbits) - 1)
