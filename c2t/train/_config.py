@@ -67,8 +67,9 @@ class TrainConfig:
     target_modules: list[str] | None = field(default=None, metadata={"help": "Module names LoRA adapts (null: gpt2 c_attn; LLaMA family q_proj, "
                                           "v_proj; T5 q, v)."})
     quantization: str = field(default="none", metadata={"help": "QLoRA: load the frozen base quantised with bitsandbytes, 4bit (NF4, double "
-                              "quantisation, compute in dtype or bfloat16) or 8bit, and prepare it for k-bit training; needs "
-                              "method: lora, a CUDA GPU and `pip install bitsandbytes`. none: full precision."})
+                              "quantisation, compute in dtype, else bfloat16 on a GPU / float32 on the CPU) or 8bit, and prepare "
+                              "it for k-bit training; needs method: lora and `pip install 'c2t[qlora]'` (bitsandbytes; "
+                              ">= 0.50 to run on the CPU). none: full precision."})
     dtype: str = field(default="float32", metadata={"help": "Weights dtype: float32, bfloat16 or float16."})
     gradient_checkpointing: bool = field(default=False, metadata={"help": "Recompute activations in the backward pass (less memory)."})
     # optimisation

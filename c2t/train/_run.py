@@ -132,38 +132,49 @@ def _target_modules(model, cfg: TrainConfig) -> list[str]:
     return list(targets)
 
 
+#: The first bitsandbytes release whose wheel quantises on the CPU too (4-bit NF4 and 8-bit; tested here).
+_BNB_CPU = "0.50"
+
+
 def check_quantization(cfg: TrainConfig) -> None:
-    """Refuse ``quantization`` (QLoRA) where it cannot run: without bitsandbytes or without a CUDA GPU."""
+    """Refuse ``quantization`` (QLoRA) where it cannot run: without bitsandbytes, or without a CUDA GPU and a
+    bitsandbytes too old to quantise on the CPU."""
     if cfg.quantization == "none":
         return
+    import importlib.metadata
     import importlib.util
 
     what = f"quantization: {cfg.quantization} (QLoRA)"
     if importlib.util.find_spec("bitsandbytes") is None:
-        msg = (f"{what} needs bitsandbytes, which is not installed: pip install bitsandbytes (it quantises on a "
-               "CUDA GPU); or set quantization: none")
+        msg = f"{what} needs bitsandbytes, which is not installed: pip install 'c2t[qlora]'; or set quantization: none"
         raise C2TInputError(msg)
     import torch
+    from packaging.version import Version
 
-    if not torch.cuda.is_available():
-        msg = (f"{what} needs a CUDA GPU: bitsandbytes quantises weights on the GPU, and this machine has none "
-               "visible (torch.cuda.is_available() is False); set quantization: none to train on the CPU")
+    version = importlib.metadata.version("bitsandbytes")
+    if not torch.cuda.is_available() and Version(version) < Version(_BNB_CPU):
+        msg = (f"{what} without a CUDA GPU needs bitsandbytes >= {_BNB_CPU} (its CPU backend); this is {version}: "
+               "pip install -U bitsandbytes, train on a GPU, or set quantization: none")
         raise C2TInputError(msg)
 
 
 def _quantization_kwargs(cfg: TrainConfig) -> dict[str, Any]:
-    """``from_pretrained`` arguments of a QLoRA base: a BitsAndBytesConfig and this process's GPU."""
+    """``from_pretrained`` arguments of a QLoRA base: a BitsAndBytesConfig and the device (this process's GPU, or
+    the CPU where there is none)."""
     import torch
     from transformers import BitsAndBytesConfig
 
+    gpu = torch.cuda.is_available()
     if cfg.quantization == "4bit":
-        compute = _dtype(cfg.dtype) if cfg.dtype != "float32" else torch.bfloat16
+        # float32 weights compute in bfloat16 on a GPU; on the CPU float32 is the fast path
+        compute = _dtype(cfg.dtype) if cfg.dtype != "float32" else torch.bfloat16 if gpu else torch.float32
         bnb = BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_use_double_quant=True,
                                  bnb_4bit_compute_dtype=compute)
     else:
         bnb = BitsAndBytesConfig(load_in_8bit=True)
     # each DDP process holds its own copy on its own GPU
-    return {"quantization_config": bnb, "device_map": {"": int(os.environ.get("LOCAL_RANK", "0"))}}
+    device = int(os.environ.get("LOCAL_RANK", "0")) if gpu else "cpu"
+    return {"quantization_config": bnb, "device_map": {"": device}}
 
 
 def _build_model(cfg: TrainConfig, tokenizer, new_token_ids: list[int], *, seq2seq: bool):
