@@ -210,3 +210,38 @@ def test_inverse_sample_with_no_expressed_cell_is_named(synthetic_factory):
     with pytest.raises(C2TInputError, match="pass a larger inverse_sample"):
         from_adata(data, inverse_sample=1)
     assert from_adata(data, inverse_sample=400).inverse_model.n_cells == 2
+
+
+@pytest.mark.parametrize("counts_input", [False, True])
+def test_rank_statistics_kernel_equals_sorting_each_cell(counts_input):
+    """The kernel groups a cell's equal values (count data) and sorts only the distinct ones, and falls back to
+    sorting every value for cells with many distinct values (continuous data) and for the rest of their block;
+    either way the per-rank statistics equal sorting each cell's values."""
+    from c2t.sentences._kernels import float_bits, rank_value_stats
+
+    rng = np.random.default_rng(5)
+    n_cells, n_genes = 400, 600
+    counts = rng.poisson(rng.gamma(0.3, 3.0, size=(n_cells, n_genes))).astype(np.float64)
+    continuous = rng.random(n_cells) < 0.3  # these cells get jittered values: nearly all distinct
+    values = counts * np.where(continuous[:, None], 1 + rng.random((n_cells, n_genes)), 1.0)
+    if counts_input:
+        values = counts  # integer counts, normalised inside the kernel
+    X = sp.csr_matrix(values.astype(np.float32))
+    col_map = np.where(rng.random(n_genes) < 0.9, np.arange(n_genes), -1)  # some dropped columns
+    rows = np.sort(rng.choice(n_cells, 300, replace=False)).astype(np.int64)
+    kept = X[:, col_map >= 0]
+    lengths = np.diff(kept.indptr)[rows].astype(np.int64)
+    sizes = np.asarray(X.sum(axis=1)).ravel()[rows] * 1.5 if counts_input else np.zeros(0)
+    count, total, total_sq = rank_value_stats(X.indptr, X.indices, float_bits(X.data), col_map, rows, lengths,
+                                              sizes, 1e4, counts_input)
+    ranks, vals = [], []
+    for r, i in enumerate(rows):
+        v = np.sort(kept[i].data.astype(np.float32).astype(np.float64))[::-1]
+        if counts_input:
+            v = np.log1p(v * 1e4 / sizes[r])
+        ranks.append(np.arange(1, len(v) + 1))
+        vals.append(v)
+    ref = RankStats.from_ranked(np.concatenate(ranks), np.concatenate(vals), len(rows))
+    np.testing.assert_array_equal(count, ref.count)
+    np.testing.assert_allclose(total, ref.total, rtol=1e-9, atol=1e-9)
+    np.testing.assert_allclose(total_sq, ref.total_sq, rtol=1e-9, atol=1e-9)

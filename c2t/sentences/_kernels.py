@@ -242,6 +242,27 @@ def _radix_sort(keys, tmp, count):
         keys[:] = src
 
 
+#: Slots of the hash table that groups a row's equal values (a power of two; at most half of it is filled).
+_TABLE = 4096
+
+
+@nb.njit(inline="always")
+def _slot(bits):
+    """A slot of the ``_TABLE``-entry hash table for a float32 bit pattern (Fibonacci hashing, top 12 bits)."""
+    return np.int64(((bits * np.uint32(0x9E3779B1)) & np.uint32(0xFFFFFFFF)) >> np.uint32(20))
+
+
+@nb.njit(inline="always")
+def _add_run(dcount, dtotal, dtotal_sq, b, rank, length, v):
+    """Add value ``v`` at ranks ``rank .. rank + length - 1`` (0-based) to block ``b``'s difference arrays."""
+    dcount[b, rank] += 1.0
+    dcount[b, rank + length] -= 1.0
+    dtotal[b, rank] += v
+    dtotal[b, rank + length] -= v
+    dtotal_sq[b, rank] += v * v
+    dtotal_sq[b, rank + length] -= v * v
+
+
 @nb.njit(parallel=True, cache=True, nogil=True)
 def rank_value_stats(indptr, indices, value_bits, col_map, rows, lengths, library_sizes, target_sum, counts_input):
     """Per-rank count, sum and sum of squares of expression over ``rows`` (each row's positive kept values in
@@ -249,43 +270,84 @@ def rank_value_stats(indptr, indices, value_bits, col_map, rows, lengths, librar
 
     With ``counts_input`` a value is first normalised as ``log1p(value * target_sum / library size)``, the
     library size being ``library_sizes[r]`` when that array is not empty, else the sum of the row's values.
-    Each block of rows adds into its own accumulators (summed at the end), so no row's values are kept.
+
+    Equal values are interchangeable here, and count data has few distinct values per cell (a few dozen among
+    thousands of genes), so a row's values are grouped in a hash table and only the distinct ones are sorted;
+    each distinct value then covers a run of ranks, added to difference arrays. A row with many distinct
+    values (more than a quarter of its entries: continuous data) is radix-sorted whole instead, and so is the
+    rest of its block. Each block of rows adds into its own arrays (summed at the end).
     """
     values = value_bits.view(np.float32)
     n = len(rows)
     size = max(1, lengths.max()) if n else 1
     n_blocks = (n + _BLOCK - 1) // _BLOCK
-    count = np.zeros((n_blocks, size))
-    total = np.zeros((n_blocks, size))
-    total_sq = np.zeros((n_blocks, size))
+    dcount = np.zeros((n_blocks, size + 1))
+    dtotal = np.zeros((n_blocks, size + 1))
+    dtotal_sq = np.zeros((n_blocks, size + 1))
     for b in nb.prange(n_blocks):
         lo, hi = b * _BLOCK, min(n, (b + 1) * _BLOCK)
-        width = max(1, lengths[lo:hi].max())
+        width = max(_TABLE // 2 + 1, lengths[lo:hi].max())
         keys, scratch = np.empty(width, np.uint32), np.empty(width, np.uint32)
         digit_counts = np.empty(1024, np.int64)
+        slot_key = np.zeros(_TABLE, np.uint32)
+        slot_count = np.zeros(_TABLE, np.int64)
+        slot_row = np.full(_TABLE, -1, np.int64)  # which row filled the slot: no clearing between rows
+        grouped = True
         for r in range(lo, hi):
             i = rows[r]
-            m = 0
+            start, stop = indptr[i], indptr[i + 1]
+            limit = min(_TABLE // 2, max(16, (stop - start) // 4))
             row_sum = 0.0
-            for j in range(indptr[i], indptr[i + 1]):
-                row_sum += values[j]
-                bits = value_bits[j]
-                if (bits - np.uint32(1)) < _POSITIVE_MAX and col_map[indices[j]] >= 0:
+            m = 0  # distinct values when grouped, else all values
+            if grouped:
+                for j in range(start, stop):
+                    row_sum += values[j]
+                    bits = value_bits[j]
+                    if (bits - np.uint32(1)) >= _POSITIVE_MAX or col_map[indices[j]] < 0:
+                        continue
+                    h = _slot(bits)
+                    while slot_row[h] == r and slot_key[h] != bits:  # linear probing
+                        h = (h + 1) & (_TABLE - 1)
+                    if slot_row[h] == r:
+                        slot_count[h] += 1
+                        continue
+                    slot_row[h], slot_key[h], slot_count[h] = r, bits, 1
                     keys[m] = bits
                     m += 1
+                    if m > limit:
+                        grouped = False
+                        break
+            if not grouped:
+                m = 0
+                row_sum = 0.0
+                for j in range(start, stop):
+                    row_sum += values[j]
+                    bits = value_bits[j]
+                    if (bits - np.uint32(1)) < _POSITIVE_MAX and col_map[indices[j]] >= 0:
+                        keys[m] = bits
+                        m += 1
             _radix_sort(keys[:m], scratch[:m], digit_counts)
             ordered = keys.view(np.float32)
             scale = 1.0
             if counts_input:
                 scale = target_sum / (library_sizes[r] if len(library_sizes) else row_sum)
-            for t in range(m):
-                v = np.float64(ordered[m - 1 - t])
+            rank = 0
+            for t in range(m - 1, -1, -1):  # descending
+                run = 1
+                if grouped:
+                    h = _slot(keys[t])
+                    while slot_key[h] != keys[t] or slot_row[h] != r:
+                        h = (h + 1) & (_TABLE - 1)
+                    run = slot_count[h]
+                v = np.float64(ordered[t])
                 if counts_input:
                     v = np.log1p(v * scale)
-                count[b, t] += 1.0
-                total[b, t] += v
-                total_sq[b, t] += v * v
-    return count.sum(axis=0), total.sum(axis=0), total_sq.sum(axis=0)
+                _add_run(dcount, dtotal, dtotal_sq, b, rank, run, v)
+                rank += run
+    count = np.cumsum(dcount.sum(axis=0))[:size]
+    total = np.cumsum(dtotal.sum(axis=0))[:size]
+    total_sq = np.cumsum(dtotal_sq.sum(axis=0))[:size]
+    return count, total, total_sq
 
 
 @nb.njit(cache=True)
