@@ -230,7 +230,10 @@ def batch_entropy(X, batches, *, n_neighbors: int = 15) -> float:
     >>> batch_entropy(X, ["a"] * 10 + ["b"] * 10, n_neighbors=5)
     0.0
     """
-    p = _neighbour_batch_shares(X, batches, n_neighbors)
+    return _entropy_of_shares(_neighbour_batch_shares(X, batches, n_neighbors))
+
+
+def _entropy_of_shares(p: np.ndarray | None) -> float:
     if p is None:
         return float("nan")
     with np.errstate(divide="ignore", invalid="ignore"):
@@ -238,12 +241,17 @@ def batch_entropy(X, batches, *, n_neighbors: int = 15) -> float:
     return float(np.mean(entropy) / np.log(p.shape[1]) + 0.0)
 
 
+def _ilisi_of_shares(p: np.ndarray | None) -> float:
+    return float("nan") if p is None else float(np.mean(1.0 / (p**2).sum(axis=1)))
+
+
 def batch_mixing(X, labels, batches, *, n_neighbors: int = 15) -> list[dict[str, Any]]:
-    """Batch silhouette, kNN batch entropy and iLISI (all: higher is better mixed)."""
+    """Batch silhouette, kNN batch entropy and iLISI (all: higher is better mixed); the last two share one
+    kNN graph."""
+    shares = _neighbour_batch_shares(X, batches, n_neighbors)
     return [{"task": "batch_mixing", "head": "", "metric": "batch_silhouette", "value": batch_silhouette(X, labels, batches)},
-            {"task": "batch_mixing", "head": "", "metric": "batch_entropy",
-             "value": batch_entropy(X, batches, n_neighbors=n_neighbors)},
-            {"task": "batch_mixing", "head": "", "metric": "ilisi", "value": ilisi(X, batches, n_neighbors=n_neighbors)}]
+            {"task": "batch_mixing", "head": "", "metric": "batch_entropy", "value": _entropy_of_shares(shares)},
+            {"task": "batch_mixing", "head": "", "metric": "ilisi", "value": _ilisi_of_shares(shares)}]
 
 
 def ilisi(X, batches, *, n_neighbors: int = 15) -> float:
@@ -260,10 +268,7 @@ def ilisi(X, batches, *, n_neighbors: int = 15) -> float:
     >>> round(ilisi(X, ["a", "b"] * 10, n_neighbors=4), 2)   # batches interleaved: close to 2
     1.92
     """
-    p = _neighbour_batch_shares(X, batches, n_neighbors)
-    if p is None:
-        return float("nan")
-    return float(np.mean(1.0 / (p**2).sum(axis=1)))
+    return _ilisi_of_shares(_neighbour_batch_shares(X, batches, n_neighbors))
 
 
 def drug_response(X, labels, train, test, *, positive: str, heads=("knn", "logistic"), seed: int = 0,
