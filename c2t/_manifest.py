@@ -30,8 +30,9 @@ def vocabulary_hash(vocabulary: Sequence[str]) -> str:
     >>> vocabulary_hash(["CD3D", "MS4A1"]) == vocabulary_hash(["MS4A1", "CD3D"])
     False
     """
-    # one update of the joined names: the same bytes (so the same digest) as one update per name, twice as fast
-    text = "".join(f"{gene}\n" for gene in vocabulary)
+    # one update of the joined names, each ending in a newline: the same bytes (so the same digest) as one
+    # update per name, several times faster
+    text = "\n".join(map(str, vocabulary)) + "\n" if len(vocabulary) else ""
     return "sha256:" + hashlib.sha256(text.encode("utf-8")).hexdigest()[:16]
 
 

