@@ -136,8 +136,8 @@ def test_synthetic_ranks_equal_reference(synth, reference_norm, storage, kind, t
 @pytest.mark.parametrize("top_k", [1, 7, 40, 260])
 def test_ranks_are_exact_when_neighbouring_cells_differ_in_scale(top_k):
     """The ranking kernel guesses each cell's k-th value from the previous cell's; cells 1000x apart in
-    scale, long and short, real-valued and tied, must still rank exactly like the reference (260: the
-    radix sort that takes over from counting larger keys past 256)."""
+    scale, long and short, real-valued and tied, must still rank exactly like the reference (260: past
+    the 128 keys up to which the kernel sorts by counting larger keys, the radix sort)."""
     rng = np.random.default_rng(7)
     n_cells, n_genes = 600, 300
     density = rng.choice([0.02, 0.3, 0.9], size=n_cells)[:, None]

@@ -62,8 +62,9 @@ _BLOCK = 128
 _GUESS_MARGIN = np.uint32(1 << 20)
 #: One binade (a factor of 2 in value) in float32 bits: the first step down when the guess was too high.
 _BINADE = np.uint32(1 << 23)
-#: Up to this many keys are sorted by counting larger keys (O(k^2) but vectorised), beyond it radix-sorted.
-_RANK_SORT_MAX = 256
+#: Up to this many keys are sorted by counting larger keys (O(k^2) but vectorised), beyond it radix-sorted
+#: (measured: counting wins at k = 120 by 7%, radix at k = 180 by 7% and at k = 250 by 22%).
+_RANK_SORT_MAX = 128
 
 
 @nb.njit(inline="always")
@@ -168,7 +169,7 @@ def _collect_row(bits_row, idx_row, col_map, identity, floor, out):
 @nb.njit(inline="always")
 def _rank_sort(keys, n, out):
     """Write ``keys[:n]`` (distinct) to ``out`` in descending order: each key's place is the number of larger
-    keys. O(n^2) comparisons, but branch-free and vectorised: faster than any sort for a few hundred keys."""
+    keys. O(n^2) comparisons, but branch-free and vectorised: faster than a radix sort up to ~150 keys."""
     for t in range(n):
         x = keys[t]
         place = 0
