@@ -193,8 +193,10 @@ class _AnnDataSource(MatrixSource):
             self._x = sp.csr_matrix(self._x)  # row chunks of a CSC matrix are slow; convert once
 
     def rows(self, start: int, stop: int) -> sp.csr_matrix:
+        from c2t._csr import is_canonical
+
         x = self._x
-        if sp.issparse(x) and x.format == "csr" and x.dtype in (np.float32, np.float64) and x.has_canonical_format:
+        if sp.issparse(x) and x.format == "csr" and x.dtype in (np.float32, np.float64) and is_canonical(x):
             # a view on the rows (no copy): only the offsets are rebuilt
             a, b = int(x.indptr[start]), int(x.indptr[stop])
             view = sp.csr_matrix((stop - start, x.shape[1]), dtype=x.dtype)

@@ -110,6 +110,37 @@ def test_sources_read_the_same_rows(synth, synth_h5ad):
         assert (layer.matrix, raw.matrix) == ("layers/counts", "raw/X")
 
 
+@pytest.mark.parametrize("layout", ["canonical", "unsorted", "duplicates"])
+def test_csr_with_unsorted_or_duplicate_entries_ranks_like_its_canonical_form(layout):
+    """A CSR matrix built from raw arrays may hold a row's entries out of order, or one gene twice (scipy sums
+    duplicates); c2t's parallel canonical check must catch both, agree with scipy, and rank the summed values."""
+    from c2t._csr import is_canonical
+
+    rng = np.random.default_rng(11)
+    dense = (rng.poisson(1.5, size=(300, 50)) * (rng.random((300, 50)) < 0.4)).astype(np.float32)
+    canonical = sp.csr_matrix(dense)
+    indptr, indices, data = canonical.indptr.copy(), canonical.indices.copy(), canonical.data.copy()
+    row = int(np.argmax(np.diff(indptr)))  # the longest row (late in the matrix: not in the first block)
+    a, b = indptr[row], indptr[row + 1]
+    if layout == "unsorted":
+        indices[a:b], data[a:b] = indices[a:b][::-1].copy(), data[a:b][::-1].copy()
+    elif layout == "duplicates":  # split the row's first value across two entries of the same gene
+        half = data[a] / 2
+        indices = np.insert(indices, a, indices[a])
+        data = np.insert(data, a, half)
+        data[a + 1] -= half
+        indptr[row + 1 :] += 1
+    X = sp.csr_matrix((data, indices, indptr), shape=dense.shape)
+    expected = sp.csr_matrix((data, indices, indptr), shape=dense.shape).has_canonical_format  # scipy's answer
+    assert expected is (layout == "canonical")
+    assert is_canonical(X) is expected
+    assert X.has_canonical_format is expected  # the answer is cached where scipy keeps it
+    genes = [f"G{j}" for j in range(50)]
+    got = from_adata(ad.AnnData(X, var=pd.DataFrame(index=genes)), top_k=None, normalize="log1p")
+    want = from_adata(ad.AnnData(canonical, var=pd.DataFrame(index=genes)), top_k=None, normalize="log1p")
+    assert got.texts() == want.texts()
+
+
 # ------------------------------------------------------------------------------------------------ values
 def test_detect_input_kind(synth, reference_norm):
     assert detect_input_kind(sp.csr_matrix(synth.X)) == "counts"

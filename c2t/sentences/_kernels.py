@@ -140,6 +140,7 @@ def _count_row_mapped(bits_row, idx_row, col_map):
 
 @nb.njit(inline="always")
 def _has_fraction(values_row):
+    """Whether any value of the row is not a whole number (an or-reduction: vectorised)."""
     found = False
     for j in range(len(values_row)):
         found |= values_row[j] != np.floor(values_row[j])
