@@ -6,6 +6,10 @@ id in the low 32 bits. Keys are unique within a cell, so "value descending, then
 is a total order: ties are broken deterministically by ``(seed, global cell index, gene id)`` alone, the
 same in every chunking and worker count. The permutation is invertible, so the gene id comes back from
 the key and no index array has to travel with the values.
+
+Helpers are plain ``@nb.njit`` functions (same speed, measured), except the few tiny ones called in tight
+loops: numba-level ``inline="always"`` copies a helper's IR into every call site and made compiling
+``rank_rows`` 3 s slower per signature (the test suite compiles several).
 """
 
 from __future__ import annotations
@@ -67,14 +71,14 @@ _BINADE = np.uint32(1 << 23)
 _RANK_SORT_MAX = 128
 
 
-@nb.njit(inline="always")
+@nb.njit
 def _median3(a, b, c):
     if a < b:
         return b if b < c else max(a, c)
     return a if a < c else max(b, c)
 
 
-@nb.njit(inline="always")
+@nb.njit
 def _select_top(values, n, k):
     """Partition ``values[:n]`` in place so that ``values[:k]`` are the ``k`` largest; return the k-th largest.
 
@@ -112,7 +116,7 @@ _INF = np.uint32(0x7F800000)
 _NEGATIVE_ZERO = np.uint32(0x80000000)
 
 
-@nb.njit(inline="always")
+@nb.njit
 def _count_row(bits_row):
     """A row's positive values and its largest bit pattern other than ``-0.0`` (>= ``_INF``: a negative, NaN or
     infinite value is present). The row arrives as a slice: with indices from 0 numba knows no index is
@@ -126,7 +130,7 @@ def _count_row(bits_row):
     return n_positive, worst
 
 
-@nb.njit(inline="always")
+@nb.njit
 def _count_row_mapped(bits_row, idx_row, col_map):
     """:func:`_count_row` counting only the values of kept columns (``col_map >= 0``)."""
     n_positive = 0
@@ -138,7 +142,7 @@ def _count_row_mapped(bits_row, idx_row, col_map):
     return n_positive, worst
 
 
-@nb.njit(inline="always")
+@nb.njit
 def _has_fraction(values_row):
     """Whether any value of the row is not a whole number (an or-reduction: vectorised)."""
     found = False
@@ -147,7 +151,7 @@ def _has_fraction(values_row):
     return found
 
 
-@nb.njit(inline="always")
+@nb.njit
 def _collect_row(bits_row, idx_row, col_map, identity, floor, out):
     """Write the row positions of the kept values with bits >= ``floor`` (>= 1) to ``out``; return how many.
 
@@ -167,7 +171,7 @@ def _collect_row(bits_row, idx_row, col_map, identity, floor, out):
     return count
 
 
-@nb.njit(inline="always")
+@nb.njit
 def _rank_sort(keys, n, out):
     """Write ``keys[:n]`` (distinct) to ``out`` in descending order: each key's place is the number of larger
     keys. O(n^2) comparisons, but branch-free and vectorised: faster than a radix sort up to ~150 keys."""
@@ -230,12 +234,13 @@ def rank_rows(indptr, indices, value_bits, col_map, identity, check_integer, row
             if k == 0:
                 continue
             floor = guess if k < n_pos else np.uint32(1)  # a full row needs every value anyway
-            n_cand = _collect_row(bits_row, idx_row, col_map, identity, floor, positions)
-            if n_cand < k:  # the guess was too high: lower it by a binade, then take every positive value
-                floor = np.uint32(floor - _BINADE) if floor > _BINADE else np.uint32(1)
+            tries = 0
+            while True:  # when the guess was too high, lower it by a binade, then take every positive value
                 n_cand = _collect_row(bits_row, idx_row, col_map, identity, floor, positions)
-                if n_cand < k:
-                    n_cand = _collect_row(bits_row, idx_row, col_map, identity, np.uint32(1), positions)
+                if n_cand >= k:
+                    break
+                floor = np.uint32(floor - _BINADE) if tries == 0 and floor > _BINADE else np.uint32(1)
+                tries += 1
             mult, add, inv = _cell_constants(seed, row0 + i)
             for t in range(n_cand):
                 j = positions[t]
@@ -261,7 +266,7 @@ def rank_rows(indptr, indices, value_bits, col_map, identity, check_integer, row
     return n_positive, bad.sum(), non_integer.sum()
 
 
-@nb.njit(inline="always")
+@nb.njit
 def _radix_sort(keys, tmp, count):
     """Sort ``keys`` (unsigned integers) ascending in place: LSD radix on 8-bit digits, every digit's histogram
     in one pass, skipping the digits that all keys share. ``tmp`` is scratch of the same length and dtype;
@@ -311,13 +316,13 @@ def _row_sum(values_row):
 _TABLE = 4096
 
 
-@nb.njit(inline="always")
+@nb.njit
 def _slot(bits):
     """A slot of the ``_TABLE``-entry hash table for a float32 bit pattern (Fibonacci hashing, top 12 bits)."""
     return np.int64(((bits * np.uint32(0x9E3779B1)) & np.uint32(0xFFFFFFFF)) >> np.uint32(20))
 
 
-@nb.njit(inline="always")
+@nb.njit
 def _add_run(dcount, dtotal, dtotal_sq, b, rank, length, v):
     """Add value ``v`` at ranks ``rank .. rank + length - 1`` (0-based) to block ``b``'s difference arrays."""
     dcount[b, rank] += 1.0
