@@ -101,9 +101,15 @@ def predict_command(
     batch_size: Annotated[int | None, typer.Option("--batch-size")] = None,
     device: Device = None,
     report: Annotated[Path | None, typer.Option(help="Also write the metrics as JSON here.")] = None,
+    scoring: Annotated[str, typer.Option(help="generate (a greedy answer mapped onto the run's labels) or "
+                                              "likelihood (every label scored as the prompt's completion).")] = "generate",
+    score_by: Annotated[str, typer.Option("--score-by", help="Likelihood: rank labels by the sum or the per-token "
+                                                              "mean of their log-probabilities.")] = "sum",
+    unknown_threshold: Annotated[float | None, typer.Option(
+        "--unknown-threshold", help="Likelihood: 'unknown' when the best label's probability is below this.")] = None,
 ) -> None:
-    """Annotate cells by generation with a tuned model (accuracy and macro-F1 when labels exist), or predict
-    perturbed cells from control cells (--task perturbation: the output holds the predicted cells)."""
+    """Annotate cells with a tuned model, by generation or by likelihood (accuracy and macro-F1 when labels exist),
+    or predict perturbed cells from control cells (--task perturbation: the output holds the predicted cells)."""
     from rich.console import Console
 
     from c2t._atomic import write_text_atomic
@@ -125,14 +131,15 @@ def predict_command(
                             f"perturbed cells {result['mean_overlap']:.3f} (unchanged control: "
                             f"{result['mean_control_overlap']:.3f})", highlight=False)
             return
-        result = predict(model, adata, task=task, label_key=label_key, key_added=key_added, **options)
+        result = predict(model, adata, task=task, label_key=label_key, key_added=key_added, scoring=scoring,
+                         score_by=score_by, unknown_threshold=unknown_threshold, **options)
         write_h5ad(adata, out)
         if report is not None:
             write_text_atomic(report, json.dumps(result, indent=2) + "\n")
     except (C2TInputError, ConnectionError, ImportError) as err:
         _fail(str(err))
         return
-    line = f"[green]wrote[/] {out}: {result['n_cells']} cells, {result['n_unknown']} unknown"
+    line = f"[green]wrote[/] {out}: {result['n_cells']} cells ({result['scoring']}), {result['n_unknown']} unknown"
     if "accuracy" in result:
         line += f"; accuracy {result['accuracy']:.3f}, macro-F1 {result['macro_f1']:.3f} (n={result['n_scored']})"
     Console().print(line, highlight=False)

@@ -127,6 +127,18 @@ class Backend:
     def complete(self, prompts: Sequence[str], *, sampling: Sampling, n: int | Sequence[int] = 1) -> list[list[str]]:
         raise NotImplementedError
 
+    def score_completions(self, prompts: Sequence[str], candidates: Sequence[str]):
+        """Log-probability of each candidate completion after each prompt, as the run was trained.
+
+        Returns
+        -------
+        tuple of numpy.ndarray
+            ``(sums, counts)``, prompts x candidates: the summed log-probability of the candidate's tokens
+            (its end-of-answer token included) and how many tokens that is.
+        """
+        msg = f"the {self.name} backend cannot score completions by likelihood; use scoring='generate'"
+        raise C2TInputError(msg)
+
     def close(self) -> None:
         """Release the model (engines hold memory)."""
 
@@ -141,6 +153,9 @@ class Backend:
 class TransformersBackend(Backend):
     """Generate with transformers: the run's model (base + adapter, or full), batched with a KV cache.
 
+    A LoRA adapter is merged into the base weights in memory (one matrix per layer instead of three; the
+    run folder is not changed). On a GPU the model runs in bfloat16 and batches are sized by a token budget.
+
     Parameters
     ----------
     model
@@ -148,20 +163,35 @@ class TransformersBackend(Backend):
     device
         ``"cpu"``, ``"cuda"``, ... (default: CUDA when available).
     dtype
-        Weights' dtype (``"float32"``, ``"bfloat16"``, ``"float16"``).
+        Weights' dtype: ``"auto"`` (bfloat16 on a GPU that supports it, else float32), ``"float32"``,
+        ``"bfloat16"``, ``"float16"``.
     chat
         Override the prompt formatting (see :func:`model_spec`).
+    merge_adapter
+        Merge a LoRA adapter into the base weights in memory (faster; the same answers up to rounding).
+    batch_tokens
+        Generation: rows per batch such that rows x (longest prompt + ``max_new_tokens``) stays within this many
+        tokens (default: 2**19 on a GPU; on the CPU ``sampling.batch_size`` prompts per batch). Likelihood scoring:
+        tokens read per forward pass (default 2**18 on a GPU, 2**14 on the CPU).
     """
 
     name = "transformers"
 
-    def __init__(self, model: str | os.PathLike | ModelSpec, *, device: str | None = None, dtype: str = "float32",
-                 chat: bool | None = None) -> None:
+    def __init__(self, model: str | os.PathLike | ModelSpec, *, device: str | None = None, dtype: str = "auto",
+                 chat: bool | None = None, merge_adapter: bool = True, batch_tokens: int | None = None) -> None:
         import torch
 
         self.spec = model if isinstance(model, ModelSpec) else model_spec(model, chat=chat)
         self.device = device or ("cuda" if torch.cuda.is_available() else "cpu")
-        self.model, self.tokenizer = load_transformers(self.spec, dtype=dtype)
+        if batch_tokens is not None and (isinstance(batch_tokens, bool) or not isinstance(batch_tokens, int)
+                                         or batch_tokens < 1):
+            msg = f"batch_tokens must be a positive integer, not {batch_tokens!r}"
+            raise C2TInputError(msg)
+        self.batch_tokens = batch_tokens
+        self.dtype = resolve_dtype(dtype, self.device)
+        self.model, self.tokenizer = load_transformers(self.spec, dtype=self.dtype)
+        if merge_adapter and hasattr(self.model, "merge_and_unload"):
+            self.model = self.model.merge_and_unload()
         self.model.to(self.device)
         if self.tokenizer.pad_token is None:
             self.tokenizer.pad_token = self.tokenizer.eos_token
@@ -169,21 +199,48 @@ class TransformersBackend(Backend):
             msg = f"{self.spec.path}: chat prompts need a chat template and this tokenizer has none"
             raise C2TInputError(msg)
 
+    @property
+    def on_gpu(self) -> bool:
+        return not str(self.device).startswith("cpu")
+
     def _texts(self, prompts: list[str]) -> tuple[list[str], bool]:
         if self.spec.chat and not self.spec.seq2seq:
             return [self.tokenizer.apply_chat_template([{"role": "user", "content": p}], tokenize=False,
                                                        add_generation_prompt=True) for p in prompts], False
         return prompts, True
 
+    def _generation_batches(self, order: list[int], lengths: list[int], sampling: Sampling) -> list[list[int]]:
+        """Rows (sorted by prompt length) cut into batches: ``sampling.batch_size`` rows on the CPU, a token budget
+        (rows x (longest prompt + new tokens)) on a GPU or when ``batch_tokens`` is given."""
+        budget = self.batch_tokens or ((1 << 19) if self.on_gpu else None)
+        if budget is None:
+            return [order[s:s + sampling.batch_size] for s in range(0, len(order), sampling.batch_size)]
+        batches, current, widest = [], [], 0
+        for r in order:
+            width = max(widest, lengths[r] + sampling.max_new_tokens)
+            if current and width * (len(current) + 1) > budget:
+                batches.append(current)
+                current, width = [], lengths[r] + sampling.max_new_tokens
+            current.append(r)
+            widest = width
+        if current:
+            batches.append(current)
+        return batches
+
     def complete(self, prompts: Sequence[str], *, sampling: Sampling, n: int | Sequence[int] = 1) -> list[list[str]]:
         import torch
+
+        from c2t.generate._scoring import check_fits
 
         prompts = _check_prompts(prompts)
         counts = _as_counts(n, len(prompts))
         texts, special = self._texts(prompts)
         rows = [i for i, c in enumerate(counts) for _ in range(c)]
         ids = self.tokenizer(texts, add_special_tokens=special)["input_ids"]  # once; batches are padded from it
-        order = sorted(range(len(rows)), key=lambda r: (len(ids[rows[r]]), r))  # similar lengths batch together
+        lengths = [len(ids[rows[r]]) for r in range(len(rows))]
+        check_fits(self.model, [len(x) + (0 if self.spec.seq2seq else sampling.max_new_tokens) for x in ids],
+                   what="prompt + max_new_tokens" if not self.spec.seq2seq else "prompt")
+        order = sorted(range(len(rows)), key=lambda r: (lengths[r], r))  # similar lengths batch together
         self.tokenizer.padding_side = "right" if self.spec.seq2seq else "left"
         options: dict[str, Any] = {"max_new_tokens": sampling.max_new_tokens, "do_sample": not sampling.greedy,
                                    "pad_token_id": self.tokenizer.pad_token_id,
@@ -194,10 +251,11 @@ class TransformersBackend(Backend):
             options.update(temperature=None, top_p=None, top_k=None)
         out: list[list[str]] = [[] for _ in prompts]
         answers: dict[int, str] = {}
-        for start in range(0, len(order), sampling.batch_size):
-            batch = order[start:start + sampling.batch_size]
+        start = 0
+        for batch in self._generation_batches(order, lengths, sampling):
             enc = self.tokenizer.pad({"input_ids": [ids[rows[r]] for r in batch]}, return_tensors="pt").to(self.device)
             torch.manual_seed(request_seed(sampling.seed, start))
+            start += len(batch)
             with torch.inference_mode():
                 generated = self.model.generate(**enc, **options)
             new = generated if self.spec.seq2seq else generated[:, enc["input_ids"].shape[1]:]
@@ -207,8 +265,33 @@ class TransformersBackend(Backend):
             out[rows[r]].append(answers[r])
         return out
 
+    def score_completions(self, prompts: Sequence[str], candidates: Sequence[str]):
+        from c2t.generate._candidates import layout_candidates
+        from c2t.generate._scoring import score_layout
+
+        prompts = _check_prompts(prompts)
+        layout = layout_candidates(self.tokenizer, prompts, candidates, chat=self.spec.chat and not self.spec.seq2seq,
+                                   seq2seq=self.spec.seq2seq)
+        budget = self.batch_tokens or ((1 << 18) if self.on_gpu else (1 << 14))
+        return score_layout(self.model, layout, device=self.device, pad_id=self.tokenizer.pad_token_id,
+                            seq2seq=self.spec.seq2seq, batch_tokens=budget)
+
     def close(self) -> None:
         self.model = None
+
+
+def resolve_dtype(dtype: str, device: str) -> str:
+    """``"auto"`` -> ``"bfloat16"`` on a CUDA device that supports it, else ``"float32"``; other names unchanged."""
+    allowed = ("auto", "float32", "bfloat16", "float16")
+    if dtype not in allowed:
+        msg = f"dtype must be one of {', '.join(allowed)}, not {dtype!r}"
+        raise C2TInputError(msg)
+    if dtype != "auto":
+        return dtype
+    import torch
+
+    gpu = str(device).startswith("cuda") and torch.cuda.is_available() and torch.cuda.is_bf16_supported()
+    return "bfloat16" if gpu else "float32"
 
 
 def load_transformers(spec: ModelSpec, *, dtype: str = "float32"):

@@ -13,6 +13,7 @@ import numpy as np
 
 from c2t._errors import C2TInputError
 from c2t.generate._backends import Backend, open_backend
+from c2t.generate._candidates import check_candidates
 from c2t.generate._cells import storable
 from c2t.generate._run import read_run_info
 from c2t.generate._sampling import Sampling, as_sampling
@@ -124,8 +125,18 @@ def predict(
     synonyms: Mapping[str, Iterable[str]] | None = None,
     key_added: str | None = None,
     seed: int = 0,
+    scoring: str = "generate",
+    score_by: str = "sum",
+    unknown_threshold: float | None = None,
+    n_top: int = 3,
 ) -> dict[str, Any]:
-    """Annotate cells with a tuned model: one prompt per cell, a greedy answer, mapped onto the run's labels.
+    """Annotate cells with a tuned model, by generation or by likelihood.
+
+    ``scoring="generate"``: one prompt per cell, a greedy answer, mapped onto the run's labels.
+    ``scoring="likelihood"``: every label the run was trained on is scored as the completion of the cell's
+    prompt (its tokens and the end-of-answer token, as training saw them); a softmax over the labels gives each
+    cell's probabilities, the most probable label is the answer unless its probability is below
+    ``unknown_threshold``.
 
     Parameters
     ----------
@@ -147,14 +158,29 @@ def predict(
         ``obs`` column for the labels (default ``c2t_<task>``).
     seed
         Seeds the ranking tie-break and the template drawn for each cell.
+    scoring
+        ``"generate"`` or ``"likelihood"`` (backends: transformers, vllm, and openai where the server returns
+        prompt log-probabilities).
+    score_by
+        Likelihood: rank labels by their summed log-probability (``"sum"``: the probability of the whole answer)
+        or by its mean per token (``"mean"``).
+    unknown_threshold
+        Likelihood: a cell whose best label has a probability below this is ``"unknown"`` (default: never).
+    n_top
+        Likelihood: how many labels ``obs[key_added + "_top"]`` lists.
 
     Returns
     -------
     dict
-        ``n_cells``, ``n_unknown``, ``labels`` (the run's label set) and, with labels: ``accuracy``,
-        ``macro_f1`` (scikit-learn, over the true labels), ``per_class_f1``. ``adata.obs[key_added]`` gets the
-        label (``"unknown"`` when the answer names none, or the cell had no expressed gene) and
-        ``adata.obs[key_added + "_answer"]`` the raw answer.
+        ``n_cells``, ``n_unknown``, ``labels`` (the run's label set), ``scoring`` and, with labels: ``accuracy``,
+        ``macro_f1`` (scikit-learn, over the true labels), ``per_class_f1`` (likelihood: also
+        ``top{n_top}_accuracy`` and ``mean_confidence``). ``adata.obs[key_added]`` gets the label
+        (``"unknown"`` when the answer names none, the best label's probability is below the threshold, or the
+        cell had no expressed gene). Generation: ``adata.obs[key_added + "_answer"]`` holds the raw answer.
+        Likelihood: ``adata.obs[key_added + "_confidence"]`` (the best label's probability),
+        ``adata.obs[key_added + "_top"]`` (the ``n_top`` best labels with their probabilities),
+        ``adata.obsm[key_added + "_proba"]`` (cells x labels, columns in the order of
+        ``adata.uns[key_added]["labels"]``; NaN for cells that were not prompted).
     """
     from c2t.instruct._score import DRUG_RESPONSE_SYNONYMS
 
@@ -167,35 +193,66 @@ def predict(
     params = _task_params(info, task)
     if label_key is not None:
         params["response_key" if task == "drug_response" else "label_key"] = label_key
+    if scoring not in SCORINGS:
+        msg = f"scoring must be one of {', '.join(SCORINGS)}, not {scoring!r}"
+        raise C2TInputError(msg)
+    likelihood = scoring == "likelihood"
+    if likelihood:
+        _check_likelihood_options(score_by, unknown_threshold, n_top)
     settings = as_sampling(sampling, temperature=0.0, max_new_tokens=32)
-    prompts, cell_ids, truth, key = _records(adata, info, task, params, seed)
     labels = info.labels(task)
     if not labels:
         msg = f"{info.spec.path}: the run's dataset manifest lists no labels for {task} (is its dataset folder gone?)"
         raise C2TInputError(msg)
+    if likelihood:
+        check_candidates(labels)
+    prompts, cell_ids, truth, key = _records(adata, info, task, params, seed)
     engine = backend if isinstance(backend, Backend) else open_backend(
         backend, info.spec, base_url=base_url, served_model=served_model, **dict(backend_options or {}))
     try:
-        answers = storable([group[0] for group in engine.complete(prompts, sampling=settings, n=1)])
+        if likelihood:
+            sums, counts = engine.score_completions(prompts, labels)
+        else:
+            answers = storable([group[0] for group in engine.complete(prompts, sampling=settings, n=1)])
     finally:
         if not isinstance(backend, Backend):
             engine.close()
-    merged = {**(DRUG_RESPONSE_SYNONYMS if task == "drug_response" else {}), **dict(synonyms or {})}
-    predicted = match_labels([a.split("\n")[0] for a in answers], labels, synonyms=merged)
     import pandas as pd
 
     key_added = key_added or f"c2t_{task}"
     position = pd.Index(adata.obs_names.astype(str)).get_indexer(pd.Index(cell_ids, dtype=str))
     assert (position >= 0).all()
     column = np.full(adata.n_obs, UNKNOWN, dtype=object)
-    raw = np.full(adata.n_obs, "", dtype=object)
-    column[position] = predicted
-    raw[position] = answers
+    report: dict[str, Any] = {"task": task, "model": str(info.spec.path), "backend": engine.name, "scoring": scoring}
+    if likelihood:
+        from c2t.generate._scoring import softmax_scores
+
+        proba = softmax_scores(sums, counts, by=score_by)
+        best = proba.argmax(axis=1)
+        confidence = proba[np.arange(len(best)), best]
+        predicted = np.asarray(labels, dtype=object)[best]
+        if unknown_threshold is not None:
+            predicted[confidence < unknown_threshold] = UNKNOWN
+        column[position] = predicted
+        full = np.full((adata.n_obs, len(labels)), np.nan, dtype=np.float32)
+        full[position] = proba
+        conf = np.full(adata.n_obs, np.nan, dtype=np.float32)
+        conf[position] = confidence
+        top = np.full(adata.n_obs, "", dtype=object)
+        top[position] = _top_labels(proba, labels, n_top)
+        adata.obs[f"{key_added}_confidence"] = conf
+        adata.obs[f"{key_added}_top"] = top
+        adata.obsm[f"{key_added}_proba"] = full
+        report.update(score_by=score_by, unknown_threshold=unknown_threshold)
+    else:
+        merged = {**(DRUG_RESPONSE_SYNONYMS if task == "drug_response" else {}), **dict(synonyms or {})}
+        raw = np.full(adata.n_obs, "", dtype=object)
+        column[position] = match_labels([a.split("\n")[0] for a in answers], labels, synonyms=merged)
+        raw[position] = answers
+        adata.obs[f"{key_added}_answer"] = raw
     adata.obs[key_added] = pd.Categorical(column, categories=[*labels, UNKNOWN])
-    adata.obs[f"{key_added}_answer"] = raw
-    report: dict[str, Any] = {"task": task, "model": str(info.spec.path), "backend": engine.name,
-                              "n_cells": int(adata.n_obs), "n_prompted": len(prompts),
-                              "n_unknown": int((column == UNKNOWN).sum()), "labels": labels, "label_key": key}
+    report.update({"n_cells": int(adata.n_obs), "n_prompted": len(prompts),
+                   "n_unknown": int((column == UNKNOWN).sum()), "labels": labels, "label_key": key})
     if truth is not None:
         from sklearn.metrics import accuracy_score, f1_score
 
@@ -210,8 +267,49 @@ def predict(
                                                                zero_division=0)), strict=True)),
             n_scored=int(keep.sum()),
         )
-    adata.uns[key_added] = {k: v for k, v in report.items() if k != "labels"}
+        if likelihood:
+            scored = keep.copy()
+            scored[np.setdiff1d(np.arange(adata.n_obs), position)] = False  # unprompted cells have no scores
+            report[f"top{n_top}_accuracy"] = _top_k_accuracy(full[scored], true[scored], labels, n_top)
+    if likelihood:
+        report["mean_confidence"] = float(np.nanmean(conf)) if np.isfinite(conf).any() else None
+    adata.uns[key_added] = {k: v for k, v in report.items() if k != "labels" and v is not None}  # h5ad has no None
+    if likelihood:
+        adata.uns[key_added]["labels"] = list(labels)
     return report
+
+
+SCORINGS = ("generate", "likelihood")
+
+
+def _check_likelihood_options(score_by: str, unknown_threshold: float | None, n_top: int) -> None:
+    if score_by not in ("sum", "mean"):
+        msg = f"score_by must be 'sum' or 'mean', not {score_by!r}"
+        raise C2TInputError(msg)
+    if unknown_threshold is not None and (isinstance(unknown_threshold, bool)
+                                          or not isinstance(unknown_threshold, int | float)
+                                          or not 0.0 <= unknown_threshold <= 1.0):
+        msg = f"unknown_threshold must be a probability between 0 and 1, not {unknown_threshold!r}"
+        raise C2TInputError(msg)
+    if isinstance(n_top, bool) or not isinstance(n_top, int) or n_top < 1:
+        msg = f"n_top must be a positive integer, not {n_top!r}"
+        raise C2TInputError(msg)
+
+
+def _top_labels(proba: np.ndarray, labels: Sequence[str], n: int) -> list[str]:
+    """``"B (0.93), NK (0.04), ..."`` per row: the ``n`` most probable labels."""
+    order = np.argsort(-proba, axis=1, kind="stable")[:, :n]
+    return [", ".join(f"{labels[j]} ({p[j]:.2f})" for j in row) for row, p in zip(order, proba, strict=True)]
+
+
+def _top_k_accuracy(proba: np.ndarray, truth: np.ndarray, labels: Sequence[str], k: int) -> float | None:
+    """Share of cells whose true label is among their ``k`` most probable (None without cells)."""
+    if len(truth) == 0:
+        return None
+    index = {label: j for j, label in enumerate(labels)}
+    true_col = np.array([index.get(t, -1) for t in truth])
+    order = np.argsort(-proba, axis=1, kind="stable")[:, :k]
+    return float(np.mean((order == true_col[:, None]).any(axis=1)))
 
 
 def predict_cells(
