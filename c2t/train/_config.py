@@ -19,6 +19,7 @@ from c2t._errors import C2TInputError
 from c2t._yaml import read_yaml_mapping
 
 CONFIG_FILE = "train_config.yaml"
+DTYPES = ("auto", "float32", "bfloat16", "float16", "bf16-mixed")
 # fields that do not change what a run computes: a restart may change them and still resume the same run
 NOT_IDENTITY = frozenset({"output_dir", "logging_steps", "save_steps", "save_total_limit", "eval_steps",
                           "dataloader_num_workers", "report_to"})
@@ -56,6 +57,12 @@ class TrainConfig:
                          "record is an error, never silently truncated."})
     max_target_length: int = field(default=128, metadata={"help": "Seq2seq only: longest tokenized completion."})
     packing: bool = field(default=False, metadata={"help": "Decoder only: pack several records into one sequence of max_length (TRL BFD packing)."})
+    padding_free: bool | None = field(default=None, metadata={"help": "Decoder only: put a batch's records end to end in one row, each attending "
+                                      "only to itself (no padding). null: on where a CUDA varlen attention kernel exists (a GPU), "
+                                      "off elsewhere."})
+    max_tokens_per_batch: int | None = field(default=None, metadata={"help": "Fill each batch with records of similar length up to this many "
+                                             "tokens (padded tokens, or real ones when padding_free) instead of a fixed record count; "
+                                             "per_device_train_batch_size then caps the records. null: per_device_train_batch_size records."})
     gene_tokens: bool = field(default=False, metadata={"help": "Add the dataset's gene names as whole tokens and resize the embeddings (CHATCELL)."})
     label_tokens: bool = field(default=False, metadata={"help": "With gene_tokens: add the dataset's labels as whole tokens too."})
     # model
@@ -70,7 +77,9 @@ class TrainConfig:
                               "quantisation, compute in dtype, else bfloat16 on a GPU / float32 on the CPU) or 8bit, and prepare "
                               "it for k-bit training; needs method: lora and `pip install 'c2t[qlora]'` (bitsandbytes; "
                               ">= 0.50 to run on the CPU). none: full precision."})
-    dtype: str = field(default="float32", metadata={"help": "Weights dtype: float32, bfloat16 or float16."})
+    dtype: str = field(default="auto", metadata={"help": "Precision: auto (on a GPU with bfloat16: LoRA keeps the frozen base in bfloat16, "
+                       "full fine-tuning float32 weights, both computing in bfloat16; float32 elsewhere), float32, bfloat16 "
+                       "or float16 (weights and compute), bf16-mixed (float32 weights, bfloat16 compute)."})
     gradient_checkpointing: bool = field(default=False, metadata={"help": "Recompute activations in the backward pass (less memory)."})
     # optimisation
     learning_rate: float = field(default=2e-4, metadata={"help": "Peak learning rate."})
@@ -88,7 +97,7 @@ class TrainConfig:
     eval_steps: int | None = field(default=None, metadata={"help": "Evaluate every this many steps (null: at the end of each epoch)."})
     save_steps: int = field(default=200, metadata={"help": "Checkpoint every this many steps (a restart resumes from the last one)."})
     save_total_limit: int | None = field(default=2, metadata={"help": "Checkpoints kept."})
-    dataloader_num_workers: int = field(default=0, metadata={"help": "Data loader worker processes."})
+    dataloader_num_workers: int | None = field(default=None, metadata={"help": "Data loader worker processes (null: 2 on a GPU, 0 on the CPU)."})
     report_to: str = field(default="none", metadata={"help": "Experiment tracker (none, tensorboard, wandb ...)."})
 
     # ------------------------------------------------------------------ construction
@@ -134,16 +143,24 @@ class TrainConfig:
                 msg = f"the training config needs {key}"
                 raise C2TInputError(msg)
         choices = {"format": ("prompt_completion", "messages"), "architecture": ("auto", "decoder", "seq2seq"),
-                   "method": ("lora", "full"), "dtype": ("float32", "bfloat16", "float16"),
+                   "method": ("lora", "full"), "dtype": DTYPES,
                    "quantization": ("none", "4bit", "8bit")}
         for key, allowed in choices.items():
             if getattr(self, key) not in allowed:
                 msg = f"{key} must be one of {', '.join(allowed)}, not {getattr(self, key)!r}"
                 raise C2TInputError(msg)
-        for key in ("max_length", "max_target_length", "per_device_train_batch_size", "lora_r", "save_steps"):
-            if getattr(self, key) <= 0:
+        for key in ("max_length", "max_target_length", "per_device_train_batch_size", "lora_r", "save_steps",
+                    "max_tokens_per_batch", "logging_steps"):
+            if getattr(self, key) is not None and getattr(self, key) <= 0:
                 msg = f"{key} must be positive, not {getattr(self, key)!r}"
                 raise C2TInputError(msg)
+        for key in ("learning_rate", "weight_decay", "warmup_steps", "lora_dropout"):
+            if getattr(self, key) < 0:
+                msg = f"{key} must be >= 0, not {getattr(self, key)!r}"
+                raise C2TInputError(msg)
+        if self.dataloader_num_workers is not None and self.dataloader_num_workers < 0:
+            msg = f"dataloader_num_workers must be >= 0, not {self.dataloader_num_workers!r}"
+            raise C2TInputError(msg)
         if self.quantization != "none" and self.method != "lora":
             msg = (f"quantization: {self.quantization} (QLoRA) trains LoRA adapters over a frozen quantised base; "
                    "set method: lora, or quantization: none for full fine-tuning")

@@ -75,12 +75,31 @@ def _prepare_output(cfg: TrainConfig) -> str:
         # a field added to the config after the run was written has its default there
         defaults = {f.name: f.default for f in dataclasses.fields(TrainConfig) if f.default is not dataclasses.MISSING}
         diff = [f"{k}: {saved.get(k, defaults.get(k))!r} there, {v!r} here" for k, v in mine.items()
-                if saved.get(k, defaults.get(k)) != v]
+                if not _same_setting(k, saved.get(k, defaults.get(k)), v, cfg)]
         if diff:
             msg = f"{out}: output_dir holds another run (its {CONFIG_FILE} differs: {'; '.join(diff)}); choose another output_dir"
             raise C2TInputError(msg)
         return "finished" if (out / MANIFEST_NAME).is_file() else "resume"
     return "new"
+
+
+def _same_setting(key: str, saved: Any, mine: Any, cfg: TrainConfig) -> bool:
+    """Equal settings; ``dtype: auto`` equals what it means on this machine (a run written before ``auto`` was the
+    default saved ``float32``)."""
+    if key == "dtype" and "auto" in (saved, mine):
+        auto = _auto_dtype(cfg.method)
+        saved, mine = (auto if x == "auto" else x for x in (saved, mine))
+    return saved == mine
+
+
+def _auto_dtype(method: str) -> str:
+    """What ``dtype: auto`` means here: on a GPU with bfloat16, a frozen LoRA base lives in bfloat16 (PEFT keeps the
+    adapter in float32) and fully trained weights stay float32, both computing in bfloat16; float32 elsewhere."""
+    import torch
+
+    if torch.cuda.is_available() and torch.cuda.is_bf16_supported():
+        return "bfloat16" if method == "lora" else "bf16-mixed"
+    return "float32"
 
 
 def _last_checkpoint(out: Path) -> str | None:
@@ -166,8 +185,10 @@ def _quantization_kwargs(cfg: TrainConfig) -> dict[str, Any]:
 
     gpu = torch.cuda.is_available()
     if cfg.quantization == "4bit":
-        # float32 weights compute in bfloat16 on a GPU; on the CPU float32 is the fast path
-        compute = _dtype(cfg.dtype) if cfg.dtype != "float32" else torch.bfloat16 if gpu else torch.float32
+        if cfg.dtype in ("bfloat16", "float16"):
+            compute = _dtype(cfg.dtype)
+        else:  # float32 / auto weights compute in bfloat16 on a GPU; on the CPU float32 is the fast path
+            compute = torch.bfloat16 if gpu or cfg.dtype == "bf16-mixed" else torch.float32
         bnb = BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_use_double_quant=True,
                                  bnb_4bit_compute_dtype=compute)
     else:
@@ -177,14 +198,75 @@ def _quantization_kwargs(cfg: TrainConfig) -> dict[str, Any]:
     return {"quantization_config": bnb, "device_map": {"": device}}
 
 
-def _build_model(cfg: TrainConfig, tokenizer, new_token_ids: list[int], *, seq2seq: bool):
+@dataclasses.dataclass(frozen=True)
+class Runtime:
+    """How a config runs on this machine (recorded in the run's manifest).
+
+    Attributes
+    ----------
+    weights
+        dtype the model's weights are loaded in.
+    bf16, fp16
+        Mixed-precision compute (the trainer's autocast).
+    padding_free
+        Records end to end in one row per batch, each attending only to itself.
+    attention
+        ``attn_implementation`` the model is loaded with (``None``: its default).
+    workers
+        Data loader worker processes.
+    """
+
+    weights: str
+    bf16: bool
+    fp16: bool
+    padding_free: bool
+    attention: str | None
+    workers: int
+
+
+def resolve_runtime(cfg: TrainConfig, *, seq2seq: bool, model_config=None) -> Runtime:
+    """Turn the config's ``auto`` / ``null`` settings into what runs here (GPU or CPU)."""
+    import torch
+
+    from c2t.train._varlen import cuda_varlen_available
+
+    gpu = torch.cuda.is_available()
+    dtype = _auto_dtype(cfg.method) if cfg.dtype == "auto" else cfg.dtype
+    weights = "float32" if dtype == "bf16-mixed" else dtype
+    bf16, fp16 = dtype in ("bfloat16", "bf16-mixed"), dtype == "float16"
+    sliding = bool(getattr(model_config, "sliding_window", None)) and getattr(model_config, "use_sliding_window", True)
+    if cfg.padding_free and seq2seq:
+        msg = "padding_free is for decoder models; set padding_free: false (or null) for an encoder-decoder model"
+        raise C2TInputError(msg)
+    if cfg.padding_free and sliding:
+        msg = (f"padding_free: {cfg.base_model} uses sliding-window attention, which the padding-free attention "
+               "does not implement; set padding_free: false")
+        raise C2TInputError(msg)
+    padding_free = cfg.padding_free if cfg.padding_free is not None else (
+        not seq2seq and not sliding and cuda_varlen_available())
+    attention = None
+    if not seq2seq and (padding_free or cfg.packing) and not sliding:
+        from c2t.train._varlen import register
+
+        attention = register()
+    workers = cfg.dataloader_num_workers if cfg.dataloader_num_workers is not None else (2 if gpu else 0)
+    return Runtime(weights=weights, bf16=bf16, fp16=fp16, padding_free=padding_free, attention=attention,
+                   workers=workers)
+
+
+def _build_model(cfg: TrainConfig, tokenizer, new_token_ids: list[int], *, seq2seq: bool,
+                 runtime: Runtime | None = None):
     import torch
     from transformers import AutoModelForCausalLM, AutoModelForSeq2SeqLM
 
     cls = AutoModelForSeq2SeqLM if seq2seq else AutoModelForCausalLM
+    runtime = runtime or resolve_runtime(cfg, seq2seq=seq2seq)
     torch.manual_seed(cfg.seed)
     quantized = cfg.quantization != "none"
-    model = cls.from_pretrained(cfg.base_model, dtype=_dtype(cfg.dtype), **(_quantization_kwargs(cfg) if quantized else {}))
+    options = _quantization_kwargs(cfg) if quantized else {}
+    if runtime.attention:
+        options["attn_implementation"] = runtime.attention
+    model = cls.from_pretrained(cfg.base_model, dtype=_dtype(runtime.weights), **options)
     if new_token_ids:
         model.resize_token_embeddings(len(tokenizer), mean_resizing=False)
     if model.config.pad_token_id is None:
@@ -237,7 +319,7 @@ def _expose_bias(model) -> None:
 
 
 # ----------------------------------------------------------------------------------------------- trainers
-def _common_args(cfg: TrainConfig, *, has_eval: bool) -> dict[str, Any]:
+def _common_args(cfg: TrainConfig, *, has_eval: bool, runtime: Runtime) -> dict[str, Any]:
     import torch
 
     return {
@@ -249,8 +331,8 @@ def _common_args(cfg: TrainConfig, *, has_eval: bool) -> dict[str, Any]:
         "data_seed": cfg.seed, "logging_steps": cfg.logging_steps, "save_strategy": "steps", "save_steps": cfg.save_steps,
         "save_total_limit": cfg.save_total_limit, "report_to": cfg.report_to,
         "eval_strategy": ("steps" if cfg.eval_steps else "epoch") if has_eval else "no", "eval_steps": cfg.eval_steps,
-        "gradient_checkpointing": cfg.gradient_checkpointing, "bf16": cfg.dtype == "bfloat16",
-        "fp16": cfg.dtype == "float16", "dataloader_num_workers": cfg.dataloader_num_workers,
+        "gradient_checkpointing": cfg.gradient_checkpointing, "bf16": runtime.bf16, "fp16": runtime.fp16,
+        "dataloader_num_workers": runtime.workers, "dataloader_persistent_workers": runtime.workers > 0,
         "dataloader_pin_memory": torch.cuda.is_available(), "remove_unused_columns": True,
         # without an accelerator, say so: accelerate then runs torchrun's CPU processes as one gloo group
         # (otherwise each process silently trains alone)
@@ -258,13 +340,44 @@ def _common_args(cfg: TrainConfig, *, has_eval: bool) -> dict[str, Any]:
     }
 
 
-def _sft_trainer(cfg, model, tokenizer, train_ds, eval_ds, callbacks):
+def _token_budget(trainer_cls, cfg: TrainConfig, *, padded: bool):
+    """``trainer_cls`` whose training batches are filled up to ``cfg.max_tokens_per_batch`` tokens (records of
+    similar length together) instead of holding a fixed number of records; ``trainer_cls`` itself without a budget."""
+    if cfg.max_tokens_per_batch is None:
+        return trainer_cls
+    from c2t.train._batching import TokenBudgetBatchSampler
+
+    class TokenBudgetTrainer(trainer_cls):
+        def get_train_dataloader(self):
+            from torch.utils.data import DataLoader
+
+            dataset = self._remove_unused_columns(self.train_dataset, description="training")
+            lengths = [len(x) for x in dataset["input_ids"]]
+            if "labels" in dataset.column_names and not isinstance(dataset[0]["labels"], int):  # seq2seq targets
+                lengths = [a + len(b) for a, b in zip(lengths, dataset["labels"], strict=True)]
+            sampler = TokenBudgetBatchSampler(lengths, max_tokens=cfg.max_tokens_per_batch,
+                                              max_records=cfg.per_device_train_batch_size, padded=padded,
+                                              seed=self.args.seed)
+            workers = self.args.dataloader_num_workers
+            params = {"batch_sampler": sampler, "collate_fn": self.data_collator, "num_workers": workers,
+                      "pin_memory": self.args.dataloader_pin_memory, "persistent_workers": workers > 0}
+            return self.accelerator.prepare(DataLoader(dataset, **params))
+
+    return TokenBudgetTrainer
+
+
+def _sft_trainer(cfg, model, tokenizer, train_ds, eval_ds, callbacks, runtime: Runtime | None = None):
     from trl import SFTConfig, SFTTrainer
 
-    args = SFTConfig(**_common_args(cfg, has_eval=eval_ds is not None), max_length=cfg.max_length, packing=cfg.packing,
-                     completion_only_loss=True, dataset_num_proc=None)
-    trainer = SFTTrainer(model=model, args=args, train_dataset=train_ds, eval_dataset=eval_ds,
-                         processing_class=tokenizer, callbacks=callbacks)
+    runtime = runtime or resolve_runtime(cfg, seq2seq=False)
+    # padding-free rows are not cut at max_length by TRL; check_lengths has refused longer records already
+    max_length = None if runtime.padding_free and not cfg.packing else cfg.max_length
+    args = SFTConfig(**_common_args(cfg, has_eval=eval_ds is not None, runtime=runtime), max_length=max_length,
+                     packing=cfg.packing, padding_free=runtime.padding_free, completion_only_loss=True,
+                     dataset_num_proc=None)
+    trainer_cls = _token_budget(SFTTrainer, cfg, padded=not (runtime.padding_free or cfg.packing))
+    trainer = trainer_cls(model=model, args=args, train_dataset=train_ds, eval_dataset=eval_ds,
+                          processing_class=tokenizer, callbacks=callbacks)
     if not cfg.packing and trainer.train_dataset.num_rows != train_ds.num_rows:  # never drop records silently
         msg = (f"the trainer kept {trainer.train_dataset.num_rows} of {train_ds.num_rows} training records; "
                "some were dropped (too long for max_length?)")
@@ -284,11 +397,12 @@ def _seq2seq_features(tokenizer, ds):
     return ds.map(encode, batched=True, remove_columns=ds.column_names)
 
 
-def _seq2seq_trainer(cfg, model, tokenizer, train_ds, eval_ds, callbacks):
+def _seq2seq_trainer(cfg, model, tokenizer, train_ds, eval_ds, callbacks, runtime: Runtime | None = None):
     from transformers import DataCollatorForSeq2Seq, Seq2SeqTrainer, Seq2SeqTrainingArguments
 
-    args = Seq2SeqTrainingArguments(**_common_args(cfg, has_eval=eval_ds is not None))
-    return Seq2SeqTrainer(
+    runtime = runtime or resolve_runtime(cfg, seq2seq=True)
+    args = Seq2SeqTrainingArguments(**_common_args(cfg, has_eval=eval_ds is not None, runtime=runtime))
+    return _token_budget(Seq2SeqTrainer, cfg, padded=True)(
         model=model, args=args, train_dataset=_seq2seq_features(tokenizer, train_ds),
         eval_dataset=None if eval_ds is None else _seq2seq_features(tokenizer, eval_ds),
         data_collator=DataCollatorForSeq2Seq(tokenizer, model=model, label_pad_token_id=-100),
@@ -343,7 +457,8 @@ def _log_callback(out: Path):
 
 
 # ----------------------------------------------------------------------------------------------- manifest
-def _run_manifest(cfg, ds_manifest, *, seq2seq, targets, trainer, model, gene_report, lengths, model_type):
+def _run_manifest(cfg, ds_manifest, *, seq2seq, targets, trainer, model, gene_report, lengths, model_type,
+                  runtime: Runtime):
     trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
     total = sum(p.numel() for p in model.parameters())
     history = trainer.state.log_history
@@ -387,6 +502,7 @@ def _run_manifest(cfg, ds_manifest, *, seq2seq, targets, trainer, model, gene_re
             "eval_loss": evals[-1] if evals else None,
         },
         "config": cfg.to_dict(),
+        "runtime": {**dataclasses.asdict(runtime), "device": _device_name()},
         "files": {"config": CONFIG_FILE, "loss_csv": LOSS_CSV, "loss_png": LOSS_PNG},
     }
 
@@ -462,13 +578,14 @@ def train(config: TrainConfig | Mapping[str, Any] | str | os.PathLike, *, callba
     if eval_ds is not None:
         lengths["eval"] = check_lengths(tokenizer, eval_ds, cfg, seq2seq=seq2seq, split=cfg.eval_split)
 
-    model, targets = _build_model(cfg, tokenizer, new_ids, seq2seq=seq2seq)
+    runtime = resolve_runtime(cfg, seq2seq=seq2seq, model_config=model_config)
+    model, targets = _build_model(cfg, tokenizer, new_ids, seq2seq=seq2seq, runtime=runtime)
     out.mkdir(parents=True, exist_ok=True)
     write_text_atomic(out / CONFIG_FILE, _yaml(cfg.to_dict()))
     if added_tokens := (gene_report and new_ids):
         write_text_atomic(out / GENE_TOKENS_FILE, "".join(f"{t}\n" for t in tokenizer.convert_ids_to_tokens(added_tokens)))
     make = _seq2seq_trainer if seq2seq else _sft_trainer
-    trainer = make(cfg, model, tokenizer, train_ds, eval_ds, [_log_callback(out), *callbacks])
+    trainer = make(cfg, model, tokenizer, train_ds, eval_ds, [_log_callback(out), *callbacks], runtime=runtime)
     resume = _last_checkpoint(out) if state == "resume" else None
     trainer.train(resume_from_checkpoint=resume)
     trainer.save_model(str(out))  # main process only (the trainer checks)
@@ -476,10 +593,17 @@ def train(config: TrainConfig | Mapping[str, Any] | str | os.PathLike, *, callba
         tokenizer.save_pretrained(str(out))
         write_loss_logs(out, trainer.state.log_history)
         manifest = _run_manifest(cfg, ds_manifest, seq2seq=seq2seq, targets=targets, trainer=trainer, model=model,
-                                 gene_report=gene_report, lengths=lengths, model_type=model_config.model_type)
+                                 gene_report=gene_report, lengths=lengths, model_type=model_config.model_type,
+                                 runtime=runtime)
         write_manifest(out, manifest)
     trainer.accelerator.wait_for_everyone()
     return out
+
+
+def _device_name() -> str:
+    import torch
+
+    return torch.cuda.get_device_name() if torch.cuda.is_available() else f"cpu x{torch.get_num_threads()}"
 
 
 def _yaml(data: Mapping[str, Any]) -> str:

@@ -1,0 +1,107 @@
+"""Padding-free attention: records concatenated into one row attend only within themselves.
+
+TRL's padding-free collator puts a batch's records end to end in one row and passes their boundaries
+(``cu_seq_lens_q`` / ``cu_seq_lens_k``). transformers' ``sdpa`` attention would turn that row into one dense
+(tokens x tokens) block-diagonal mask: correct, but its cost grows with the square of the batch's tokens. The
+attention registered here as ``"c2t_varlen"`` reads the boundaries instead: on a CUDA GPU it calls PyTorch's
+variable-length flash attention (``torch.nn.attention.varlen``), elsewhere it runs ``sdpa`` on each record on its
+own. Without boundaries (padded batches in evaluation, generation) it is transformers' ``sdpa`` unchanged.
+"""
+
+from __future__ import annotations
+
+import inspect
+import itertools
+from functools import cache
+
+NAME = "c2t_varlen"
+
+
+@cache
+def _kernel():
+    """PyTorch's varlen flash attention and the keyword that makes it causal, or ``None`` where absent."""
+    try:
+        from torch.nn.attention.varlen import varlen_attn
+    except ImportError:
+        return None
+    params = inspect.signature(varlen_attn).parameters
+    if "window_size" in params:  # torch >= 2.11
+        return varlen_attn, {"window_size": (-1, 0)}, "enable_gqa" in params
+    if "is_causal" in params:  # torch 2.10
+        return varlen_attn, {"is_causal": True}, "enable_gqa" in params
+    return None
+
+
+def cuda_varlen_available() -> bool:
+    """Whether padding-free training can use a varlen kernel here (a CUDA GPU and a torch that has one)."""
+    import torch
+
+    return torch.cuda.is_available() and _kernel() is not None
+
+
+def _boundaries(position_ids):
+    """Record starts (cumulative lengths, int32) from positions that restart at 0 in each record."""
+    import torch
+
+    flat = position_ids.reshape(-1)
+    starts = torch.nonzero(flat == 0).flatten()
+    return torch.cat([starts, torch.tensor([flat.numel()], device=flat.device)]).to(torch.int32)
+
+
+def varlen_attention(module, query, key, value, attention_mask, dropout: float = 0.0, scaling=None,
+                     is_causal=None, **kwargs):
+    """transformers attention interface: ``query`` (1, heads, tokens, dim) of records end to end -> (1, tokens,
+    heads, dim), each record attending causally to itself only."""
+    import torch
+    from transformers.integrations.sdpa_attention import sdpa_attention_forward
+
+    cu_q, cu_k = kwargs.get("cu_seq_lens_q"), kwargs.get("cu_seq_lens_k")
+    positions = kwargs.get("position_ids")
+    if cu_q is None and attention_mask is None and query.shape[0] == 1 and positions is not None:
+        cu_q = cu_k = _boundaries(positions)  # packed rows passed without boundaries: find them (one sync)
+    if cu_q is None or query.shape[0] != 1:
+        return sdpa_attention_forward(module, query, key, value, attention_mask, dropout=dropout, scaling=scaling,
+                                      is_causal=is_causal, **kwargs)
+    causal = getattr(module, "is_causal", True) if is_causal is None else is_causal
+    q, k, v = (x[0].transpose(0, 1) for x in (query, key, value))  # (tokens, heads, dim)
+    kernel = _kernel()
+    fused = kernel is not None and q.is_cuda and dropout == 0.0 and causal
+    groups = q.shape[1] // k.shape[1]
+    if groups > 1 and not (fused and kernel[2]):
+        k, v = k.repeat_interleave(groups, dim=1), v.repeat_interleave(groups, dim=1)
+    if fused:
+        fn, causal_kw, gqa = kernel
+        max_q = int(kwargs.get("max_length_q") or int((cu_q[1:] - cu_q[:-1]).max()))
+        max_k = int(kwargs.get("max_length_k") or max_q)
+        extra = {"enable_gqa": True} if gqa and groups > 1 else {}
+        out = fn(q, k, v, cu_q.to(q.device, torch.int32), cu_k.to(q.device, torch.int32), max_q, max_k,
+                 scale=scaling, **causal_kw, **extra)
+        return out.unsqueeze(0), None
+    out = torch.empty_like(q)
+    bounds = cu_q.tolist()
+    for start, stop in itertools.pairwise(bounds):  # each record on its own
+        piece = torch.nn.functional.scaled_dot_product_attention(
+            q[start:stop].transpose(0, 1), k[start:stop].transpose(0, 1), v[start:stop].transpose(0, 1),
+            dropout_p=dropout, is_causal=causal, scale=scaling)
+        out[start:stop] = piece.transpose(0, 1)
+    return out.unsqueeze(0), None
+
+
+def varlen_mask(*args, attention_mask=None, **kwargs):
+    """Mask for ``"c2t_varlen"``: none for records end to end (the attention reads their boundaries), transformers'
+    ``sdpa`` mask for a padded batch."""
+    if attention_mask is None:
+        return None
+    from transformers.masking_utils import sdpa_mask
+
+    return sdpa_mask(*args, attention_mask=attention_mask, **kwargs)
+
+
+def register() -> str:
+    """Register ``"c2t_varlen"`` with transformers (idempotent); returns the name for ``attn_implementation``."""
+    from transformers import AttentionInterface
+    from transformers.masking_utils import AttentionMaskInterface
+
+    AttentionInterface.register(NAME, varlen_attention)
+    AttentionMaskInterface.register(NAME, varlen_mask)
+    return NAME
