@@ -219,3 +219,25 @@ def test_t5_with_gene_tokens_chatcell_recipe(tmp_path, pbmc_dataset, tiny_models
     enc = tok(f"Below are genes: {genes[0]} {genes[1]}", return_tensors="pt")
     assert tok.convert_ids_to_tokens(enc["input_ids"][0].tolist()).count(genes[0]) == 1
     assert model.generate(**enc, max_new_tokens=3).shape[0] == 1
+
+
+def test_new_gene_tokens_start_at_the_mean_of_their_pieces(tmp_path, pbmc_dataset, tiny_models):
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from c2t.train._data import add_gene_tokens, word_pieces
+    from c2t.train._run import _build_model
+
+    base = AutoModelForCausalLM.from_pretrained(tiny_models["llama"]).get_input_embeddings().weight.detach()
+    for init in ("mean", "random"):
+        cfg = _config(tmp_path, pbmc_dataset, tiny_models["llama"], gene_tokens=True, method="full", new_token_init=init)
+        tok = AutoTokenizer.from_pretrained(tiny_models["llama"])
+        pieces = word_pieces(tok, ["ZNF521", "TMEM176B", "Naive CD4 T"])
+        added = add_gene_tokens(tok, ["ZNF521", "TMEM176B"], ["Naive CD4 T"])
+        ids = tok.convert_tokens_to_ids(added)
+        assert len(added) == 3 and all(len(pieces[t]) > 1 for t in added)
+        new = {i: pieces[t] for i, t in zip(ids, added, strict=True)} if init == "mean" else None
+        model, _ = _build_model(cfg, tok, ids, seq2seq=False, new_pieces=new)
+        rows = model.get_input_embeddings().weight.detach()
+        for i, t in zip(ids, added, strict=True):
+            assert torch.allclose(rows[i], base[pieces[t]].mean(0), atol=1e-6) == (init == "mean"), (init, t)
+        torch.testing.assert_close(rows[:base.shape[0]], base)  # the old rows are untouched

@@ -65,6 +65,8 @@ class TrainConfig:
                                              "per_device_train_batch_size then caps the records. null: per_device_train_batch_size records."})
     gene_tokens: bool = field(default=False, metadata={"help": "Add the dataset's gene names as whole tokens and resize the embeddings (CHATCELL)."})
     label_tokens: bool = field(default=False, metadata={"help": "With gene_tokens: add the dataset's labels as whole tokens too."})
+    new_token_init: str = field(default="mean", metadata={"help": "With gene_tokens: start a new token's embedding at the mean of the "
+                                "embeddings of the pieces its name was split into (mean), or at random (random)."})
     # model
     architecture: str = field(default="auto", metadata={"help": "auto (from the model config), decoder or seq2seq."})
     method: str = field(default="lora", metadata={"help": "lora (PEFT adapter) or full (every weight trains)."})
@@ -144,7 +146,7 @@ class TrainConfig:
                 raise C2TInputError(msg)
         choices = {"format": ("prompt_completion", "messages"), "architecture": ("auto", "decoder", "seq2seq"),
                    "method": ("lora", "full"), "dtype": DTYPES,
-                   "quantization": ("none", "4bit", "8bit")}
+                   "quantization": ("none", "4bit", "8bit"), "new_token_init": ("mean", "random")}
         for key, allowed in choices.items():
             if getattr(self, key) not in allowed:
                 msg = f"{key} must be one of {', '.join(allowed)}, not {getattr(self, key)!r}"

@@ -174,6 +174,15 @@ def add_gene_tokens(tokenizer, genes: Sequence[str], labels: Sequence[str] = ())
     return new
 
 
+def word_pieces(tokenizer, words: Sequence[str]) -> dict[str, list[int]]:
+    """The token ids each word is split into where it stands in a sentence (after a space)."""
+    words = list(dict.fromkeys(words))
+    if not words:
+        return {}
+    ids = _ids(tokenizer([f" {w}" for w in words], add_special_tokens=False))
+    return dict(zip(words, ids, strict=True))
+
+
 def tokens_per_sentence(tokenizer, sentences: Sequence[Sequence[str]]) -> float:
     """Mean tokens of the cell sentences (gene names joined by spaces)."""
     texts = [" ".join(s) for s in sentences if s]

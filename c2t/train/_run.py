@@ -23,6 +23,7 @@ from c2t._manifest import MANIFEST_NAME, file_hash, write_manifest
 from c2t.train._config import CONFIG_FILE, TrainConfig
 from c2t.train._data import (
     add_gene_tokens,
+    word_pieces,
     check_lengths,
     dataset_labels,
     gene_sentences,
@@ -255,7 +256,7 @@ def resolve_runtime(cfg: TrainConfig, *, seq2seq: bool, model_config=None) -> Ru
 
 
 def _build_model(cfg: TrainConfig, tokenizer, new_token_ids: list[int], *, seq2seq: bool,
-                 runtime: Runtime | None = None):
+                 runtime: Runtime | None = None, new_pieces: dict[int, list[int]] | None = None):
     import torch
     from transformers import AutoModelForCausalLM, AutoModelForSeq2SeqLM
 
@@ -269,6 +270,8 @@ def _build_model(cfg: TrainConfig, tokenizer, new_token_ids: list[int], *, seq2s
     model = cls.from_pretrained(cfg.base_model, dtype=_dtype(runtime.weights), **options)
     if new_token_ids:
         model.resize_token_embeddings(len(tokenizer), mean_resizing=False)
+        if new_pieces:
+            _init_rows_from_pieces(model, new_pieces)
     if model.config.pad_token_id is None:
         model.config.pad_token_id = tokenizer.pad_token_id
     if seq2seq and model.config.decoder_start_token_id is None:
@@ -296,6 +299,23 @@ def _build_model(cfg: TrainConfig, tokenizer, new_token_ids: list[int], *, seq2s
         _expose_bias(model)
         _save_token_rows_only(model)
     return model, targets
+
+
+def _init_rows_from_pieces(model, pieces: dict[int, list[int]]) -> None:
+    """Start each new token's embedding (and output row, where not tied) at the mean of the rows of the pieces the
+    word was split into before it became a token: the model's own prior for the name, instead of noise."""
+    import torch
+
+    layers = [model.get_input_embeddings()]
+    output = model.get_output_embeddings()
+    if output is not None and output.weight.data_ptr() != layers[0].weight.data_ptr():
+        layers.append(output)
+    with torch.no_grad():
+        for layer in layers:
+            weight = layer.weight
+            for new_id, ids in pieces.items():
+                if ids:
+                    weight[new_id] = weight[ids].float().mean(0).to(weight.dtype)
 
 
 def _save_token_rows_only(model) -> None:
@@ -570,16 +590,20 @@ def train(config: TrainConfig | Mapping[str, Any] | str | os.PathLike, *, callba
         genes = sorted({g for s in sentences for g in s} | (
             {g for s in gene_sentences(eval_ds, vocabulary) for g in s} if eval_ds is not None else set()))
         before = tokens_per_sentence(tokenizer, sentences)
-        added = add_gene_tokens(tokenizer, genes, dataset_labels(ds_manifest) if cfg.label_tokens else ())
+        labels = dataset_labels(ds_manifest) if cfg.label_tokens else ()
+        pieces = word_pieces(tokenizer, [*genes, *labels])  # before the words become tokens of their own
+        added = add_gene_tokens(tokenizer, genes, labels)
         new_ids = tokenizer.convert_tokens_to_ids(added)
-        gene_report = {"added": len(added), "genes": len(genes), "labels": cfg.label_tokens,
+        new_pieces = {i: pieces[t] for i, t in zip(new_ids, added, strict=True)} if cfg.new_token_init == "mean" else {}
+        gene_report = {"added": len(added), "genes": len(genes), "labels": cfg.label_tokens, "init": cfg.new_token_init,
                        "tokens_per_sentence": {"without": before, "with": tokens_per_sentence(tokenizer, sentences)}}
     lengths = {"train": check_lengths(tokenizer, train_ds, cfg, seq2seq=seq2seq, split=cfg.train_split)}
     if eval_ds is not None:
         lengths["eval"] = check_lengths(tokenizer, eval_ds, cfg, seq2seq=seq2seq, split=cfg.eval_split)
 
     runtime = resolve_runtime(cfg, seq2seq=seq2seq, model_config=model_config)
-    model, targets = _build_model(cfg, tokenizer, new_ids, seq2seq=seq2seq, runtime=runtime)
+    model, targets = _build_model(cfg, tokenizer, new_ids, seq2seq=seq2seq, runtime=runtime,
+                                  new_pieces=new_pieces if cfg.gene_tokens else None)
     out.mkdir(parents=True, exist_ok=True)
     write_text_atomic(out / CONFIG_FILE, _yaml(cfg.to_dict()))
     if added_tokens := (gene_report and new_ids):
