@@ -24,7 +24,7 @@ from pathlib import Path
 import numpy as np
 
 ROOT = Path(__file__).resolve().parents[1]
-DATA = ROOT.parent / "shared" / "data" / "pbmc3k_raw_seurat_labels.h5ad"
+DATA = Path(os.environ.get("C2T_DATA", ROOT.parent / "shared" / "data")) / "pbmc3k_raw_seurat_labels.h5ad"
 
 
 def prompt_sets(run: Path, n_cells: int, n_annotate: int, seed: int):

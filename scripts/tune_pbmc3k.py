@@ -31,7 +31,7 @@ def build_dataset(out: Path, top_k: int, tasks: list[str]):
     return build(str(DATA), out=out, tasks=tasks, top_k=top_k, label_key="seurat_celltype", drop_missing=True, seed=0)
 
 
-def tiny_gpt2(folder: Path, dsd, cache: str | None, *, layers: int = 2, dim: int = 64) -> Path:
+def tiny_gpt2(folder: Path, dsd, cache: str | None, *, layers: int = 2, dim: int = 64, n_positions: int = 512) -> Path:
     import torch
     from transformers import AutoTokenizer, GPT2Config, GPT2LMHeadModel
 
@@ -41,7 +41,7 @@ def tiny_gpt2(folder: Path, dsd, cache: str | None, *, layers: int = 2, dim: int
     texts = [t for r in dsd["train"] for t in (r["prompt"], r["completion"])]
     tok = smollm2.train_new_from_iterator(texts, vocab_size=2048)
     torch.manual_seed(0)
-    model = GPT2LMHeadModel(GPT2Config(vocab_size=len(tok), n_positions=512, n_embd=dim, n_layer=layers, n_head=dim // 32,
+    model = GPT2LMHeadModel(GPT2Config(vocab_size=len(tok), n_positions=n_positions, n_embd=dim, n_layer=layers, n_head=dim // 32,
                                        pad_token_id=tok.pad_token_id, eos_token_id=tok.eos_token_id,
                                        bos_token_id=tok.bos_token_id))
     model.save_pretrained(folder)
