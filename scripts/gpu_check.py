@@ -119,7 +119,7 @@ def step_varlen(ctx: dict) -> dict:
     ids = [tok(p)["input_ids"] for p in prompts]
     packed = AutoModelForCausalLM.from_pretrained(model_path, dtype=dtype, attn_implementation=register()).to(device)
     plain = AutoModelForCausalLM.from_pretrained(model_path, dtype=dtype, attn_implementation="sdpa").to(device)
-    row = torch.tensor([sum(ids[:8], [])], device=device)
+    row = torch.tensor([[t for x in ids[:8] for t in x]], device=device)
     positions = torch.cat([torch.arange(len(x)) for x in ids[:8]])[None].to(device)
     bounds = torch.tensor([0, *torch.tensor([len(x) for x in ids[:8]]).cumsum(0).tolist()], dtype=torch.int32)
     with torch.inference_mode():
@@ -153,7 +153,7 @@ def step_varlen(ctx: dict) -> dict:
     for i, x in enumerate(ids):
         padded[i, :len(x)] = torch.tensor(x)
         mask[i, :len(x)] = 1
-    flat = torch.tensor([sum(ids, [])], device=device)
+    flat = torch.tensor([[t for x in ids for t in x]], device=device)
 
     def packed_step():
         packed(input_ids=flat, position_ids=all_pos, cu_seq_lens_q=all_bounds, cu_seq_lens_k=all_bounds,

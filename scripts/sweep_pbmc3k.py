@@ -92,7 +92,8 @@ def _log_keeper():
     class Keep(TrainerCallback):
         """The trainer's log history (the run folder keeps it only in checkpoints)."""
 
-        history: list = []
+        def __init__(self):
+            self.history = []
 
         def on_train_end(self, args, state, control, **kw):
             self.history = list(state.log_history)

@@ -23,7 +23,6 @@ from c2t._manifest import MANIFEST_NAME, file_hash, write_manifest
 from c2t.train._config import CONFIG_FILE, TrainConfig
 from c2t.train._data import (
     add_gene_tokens,
-    word_pieces,
     check_lengths,
     dataset_labels,
     gene_sentences,
@@ -32,6 +31,7 @@ from c2t.train._data import (
     shape_records,
     template_ids,
     tokens_per_sentence,
+    word_pieces,
 )
 
 KIND = "train_run"
