@@ -170,3 +170,65 @@ def test_a_run_saved_with_float32_resumes_under_auto(tmp_path, pbmc_dataset, tin
     assert train(cfg) == run and json.loads((run / "manifest.json").read_text()) == before
     with pytest.raises(C2TInputError, match="dtype: 'float32' there, 'bfloat16' here"):
         train(_config(tmp_path, pbmc_dataset, tiny_models["gpt2"], max_steps=2, dtype="bfloat16"))
+
+
+@pytest.mark.parametrize(("signature", "precision"), [("2.11", "bfloat16"), ("2.10", "bfloat16"), ("2.11", "autocast"),
+                                                      ("2.11", "float32")])
+def test_varlen_kernel_call(tiny_models, monkeypatch, signature, precision):
+    """The CUDA kernel's call, checked on the CPU with a stand-in of PyTorch's varlen_attn of that release
+    (torch 2.10: is_causal; 2.11+: window_size, scale, enable_gqa): boundaries, causality, scale, GQA heads and
+    half precision under autocast reach it as it expects, and the packed row equals each record alone."""
+    from transformers import AutoModelForCausalLM
+
+    from c2t.train import _varlen
+
+    calls = []
+
+    def kernel(q, k, v, cu_q, cu_k, max_q, max_k, **kw):
+        calls.append({"dtype": q.dtype, "heads": (q.shape[1], k.shape[1]), **kw})
+        assert cu_q.dtype == torch.int32 and max_q == int(cu_q.diff().max()) and torch.equal(cu_q, cu_k)
+        if signature == "2.10":
+            assert kw == {"is_causal": True} and k.shape[1] == q.shape[1]  # no enable_gqa: heads repeated
+        else:
+            assert kw.pop("window_size") == (-1, 0) and "scale" in kw
+        if kw.get("enable_gqa"):
+            groups = q.shape[1] // k.shape[1]
+            k, v = k.repeat_interleave(groups, 1), v.repeat_interleave(groups, 1)
+        out = torch.empty_like(q)
+        for a, b in itertools.pairwise(cu_q.tolist()):
+            out[a:b] = torch.nn.functional.scaled_dot_product_attention(
+                q[a:b].transpose(0, 1), k[a:b].transpose(0, 1), v[a:b].transpose(0, 1), is_causal=True,
+                scale=kw.get("scale")).transpose(0, 1)
+        return out
+
+    if signature == "2.10":
+        def fake(q, k, v, cu_q, cu_k, max_q, max_k, is_causal=False):
+            return kernel(q, k, v, cu_q, cu_k, max_q, max_k, is_causal=is_causal)
+        found = (fake, {"is_causal": True}, False, False)
+    else:
+        def fake(q, k, v, cu_q, cu_k, max_q, max_k, *, window_size=(-1, -1), scale=None, enable_gqa=False):
+            return kernel(q, k, v, cu_q, cu_k, max_q, max_k, window_size=window_size, scale=scale,
+                          **({"enable_gqa": True} if enable_gqa else {}))
+        found = (fake, {"window_size": (-1, 0)}, True, True)
+    monkeypatch.setattr(_varlen, "_kernel", lambda: found)
+    monkeypatch.setattr(_varlen, "_kernel_device", lambda t: True)
+    weights = torch.bfloat16 if precision == "bfloat16" else torch.float32
+    model = AutoModelForCausalLM.from_pretrained(tiny_models["llama"], attn_implementation=_varlen.register(),
+                                                 dtype=weights).eval()
+    ids = torch.randint(5, 200, (1, 30))
+    bounds = torch.tensor([0, 12, 30], dtype=torch.int32)
+    positions = torch.cat([torch.arange(12), torch.arange(18)])[None]
+    with torch.inference_mode(), torch.autocast("cpu", dtype=torch.bfloat16, enabled=precision == "autocast"):
+        packed = model(input_ids=ids, position_ids=positions, cu_seq_lens_q=bounds, cu_seq_lens_k=bounds,
+                       max_length_q=18, max_length_k=18).logits[0].float()
+        packed_calls = list(calls)
+        first = model(input_ids=ids[:, :12]).logits[0].float()
+        second = model(input_ids=ids[:, 12:]).logits[0].float()
+    if precision == "float32":  # flash kernels take half precision: plain float32 runs sdpa per record
+        assert not calls
+    else:
+        assert len(packed_calls) == 2 and all(c["dtype"] == torch.bfloat16 for c in calls)  # one call per layer
+        assert all(c["heads"] == ((2, 1) if signature != "2.10" else (2, 2)) for c in calls)  # GQA 2:1
+    tol = 1e-5 if precision == "float32" else 5e-2
+    torch.testing.assert_close(packed[:12], first, atol=tol, rtol=tol)
+    torch.testing.assert_close(packed[12:], second, atol=tol, rtol=tol)

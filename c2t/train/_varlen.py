@@ -26,10 +26,17 @@ def _kernel():
         return None
     params = inspect.signature(varlen_attn).parameters
     if "window_size" in params:  # torch >= 2.11
-        return varlen_attn, {"window_size": (-1, 0)}, "enable_gqa" in params
-    if "is_causal" in params:  # torch 2.10
-        return varlen_attn, {"is_causal": True}, "enable_gqa" in params
-    return None
+        causal = {"window_size": (-1, 0)}
+    elif "is_causal" in params:  # torch 2.10
+        causal = {"is_causal": True}
+    else:
+        return None
+    return varlen_attn, causal, "enable_gqa" in params, "scale" in params
+
+
+def _kernel_device(tensor) -> bool:
+    """Whether ``tensor`` is where the varlen kernel runs (CUDA)."""
+    return tensor.is_cuda
 
 
 def cuda_varlen_available() -> bool:
@@ -65,17 +72,27 @@ def varlen_attention(module, query, key, value, attention_mask, dropout: float =
     causal = getattr(module, "is_causal", True) if is_causal is None else is_causal
     q, k, v = (x[0].transpose(0, 1) for x in (query, key, value))  # (tokens, heads, dim)
     kernel = _kernel()
-    fused = kernel is not None and q.is_cuda and dropout == 0.0 and causal
+    fused = kernel is not None and _kernel_device(q) and dropout == 0.0 and causal
+    if fused and q.dtype == torch.float32:
+        # flash kernels take half precision: under autocast (rotary embeddings in float32 promote q and k) run in
+        # the autocast dtype, as transformers' flash attention does; plain float32 training keeps float32 (sdpa)
+        if torch.is_autocast_enabled(q.device.type):
+            target = torch.get_autocast_dtype(q.device.type)
+            q, k, v = q.to(target), k.to(target), v.to(target)
+        else:
+            fused = False
+    if fused and not kernel[3] and scaling is not None and abs(scaling - q.shape[-1] ** -0.5) > 1e-6:
+        fused = False  # a kernel without `scale` applies 1/sqrt(dim) only
     groups = q.shape[1] // k.shape[1]
     if groups > 1 and not (fused and kernel[2]):
         k, v = k.repeat_interleave(groups, dim=1), v.repeat_interleave(groups, dim=1)
     if fused:
-        fn, causal_kw, gqa = kernel
+        fn, causal_kw, gqa, has_scale = kernel
         max_q = int(kwargs.get("max_length_q") or int((cu_q[1:] - cu_q[:-1]).max()))
         max_k = int(kwargs.get("max_length_k") or max_q)
-        extra = {"enable_gqa": True} if gqa and groups > 1 else {}
-        out = fn(q, k, v, cu_q.to(q.device, torch.int32), cu_k.to(q.device, torch.int32), max_q, max_k,
-                 scale=scaling, **causal_kw, **extra)
+        extra = {**causal_kw, **({"enable_gqa": True} if gqa and groups > 1 else {}),
+                 **({"scale": scaling} if has_scale else {})}
+        out = fn(q, k, v, cu_q.to(q.device, torch.int32), cu_k.to(q.device, torch.int32), max_q, max_k, **extra)
         return out.unsqueeze(0), None
     out = torch.empty_like(q)
     bounds = cu_q.tolist()
