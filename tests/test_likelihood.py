@@ -264,3 +264,29 @@ def test_cli_predict_by_likelihood(gen_run, cells_in, tmp_path):
     result = CliRunner().invoke(app, ["predict", "--model", str(gen_run), str(data), "-o", str(tmp_path / "x.h5ad"),
                                       "--scoring", "likelihood", "--score-by", "median"])
     assert result.exit_code == 2 and "score_by" in result.output and not (tmp_path / "x.h5ad").exists()
+
+
+def test_benchmark_scores_annotation_by_likelihood_like_predict(gen_run, pbmc3k, tmp_path):
+    """``llm_likelihood`` in ``c2t bench``: rows with head "likelihood", equal to a direct predict() by likelihood on
+    the same test cells, beside ``llm_generate``."""
+    from sklearn.metrics import accuracy_score
+
+    from c2t.eval import run_benchmark, split_random
+
+    cells = pbmc3k[pbmc3k.obs["seurat_celltype"].notna().to_numpy()]
+    cells = cells[np.random.default_rng(4).choice(cells.n_obs, 80, replace=False)].copy()
+    cells.write_h5ad(tmp_path / "cells.h5ad")
+    config = {"seeds": [0], "datasets": {"pbmc": {"path": str(tmp_path / "cells.h5ad"), "label_key": "seurat_celltype",
+                                                  "split": "random", "test_size": 0.3}},
+              "methods": {"lik": {"method": "llm_likelihood", "model": str(gen_run)},
+                          "gen": {"method": "llm_generate", "model": str(gen_run)}},
+              "tasks": ["annotation"], "heads": ["knn"]}
+    rows = run_benchmark(config, tmp_path / "bench", report=False)
+    lik = rows[rows["method"] == "lik"]
+    assert set(lik["status"]) == {"ok"} and set(lik["head"]) == {"likelihood"}
+    assert set(rows.loc[rows["method"] == "gen", "head"]) == {"generation"}
+    _, test = split_random(cells.obs["seurat_celltype"].astype(str).to_numpy(), test_size=0.3, seed=0)
+    direct = cells[test].copy()
+    predict(gen_run, direct, key_added="p", scoring="likelihood")
+    value = lik.loc[lik["metric"] == "accuracy", "value"].item()
+    assert value == pytest.approx(accuracy_score(direct.obs["seurat_celltype"].astype(str), direct.obs["p"].astype(str)))

@@ -39,7 +39,7 @@ from c2t.eval._config import (
     load_config,
     method_kind,
 )
-from c2t.eval._methods import GENERATIVE_METHODS, LABEL_METHODS, METHODS, all_methods
+from c2t.eval._methods import GENERATIVE_METHODS, LABEL_HEADS, LABEL_METHODS, METHODS, all_methods
 
 ROW_COLUMNS = ["dataset", "dataset_sha256", "n_cells", "split", "split_detail", "method", "method_version",
                "c2t_version", "seed", "task", "head", "metric", "label", "value", "status", "error", "embed_s"]
@@ -177,7 +177,8 @@ def _call_method(spec: MethodSpec, data: _Dataset, *, seed: int, cache_dir) -> n
 
 
 def _label_unit(spec: MethodSpec, data: _Dataset, cfg: BenchConfig, seed: int) -> tuple[list[dict], dict, str]:
-    """A label method answers the test cells itself: annotation records (head ``"generation"``) only."""
+    """A label method answers the test cells itself: annotation records (head ``"generation"`` or
+    ``"likelihood"``: how it labelled them) only."""
     from c2t.eval._tasks import label_rows
 
     _, test, detail = data.split(seed)
@@ -188,8 +189,9 @@ def _label_unit(spec: MethodSpec, data: _Dataset, cfg: BenchConfig, seed: int) -
         msg = f"method {spec.name} returned {predicted.shape} labels for {len(test)} test cells"
         raise C2TInputError(msg)
     truth = np.asarray(data.labels[test]).astype(str)
-    rows = label_rows(truth, predicted, head="generation") if "annotation" in cfg.tasks else []
-    return rows, {"generation": {"truth": truth.tolist(), "predicted": predicted.tolist()}}, detail
+    head = LABEL_HEADS.get(spec.method, "generation")
+    rows = label_rows(truth, predicted, head=head) if "annotation" in cfg.tasks else []
+    return rows, {head: {"truth": truth.tolist(), "predicted": predicted.tolist()}}, detail
 
 
 def _generation_unit(spec: MethodSpec, data: _Dataset, cfg: BenchConfig, seed: int) -> tuple[list[dict], dict, str]:

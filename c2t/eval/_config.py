@@ -316,7 +316,7 @@ def load_config(config: str | os.PathLike | dict[str, Any], *, base: str | os.Pa
     >>> load_config({"datasets": {}, "methods": {"umap": {}}, "tasks": ["annotation"]})
     Traceback (most recent call last):
     ...
-    c2t._errors.C2TInputError: methods.umap: unknown method 'umap'; valid methods are: cellama, cellama_finetuned, genept_s, genept_w, llm, llm_cells, llm_generate, pca, plm, random, random_cells
+    c2t._errors.C2TInputError: methods.umap: unknown method 'umap'; valid methods are: cellama, cellama_finetuned, genept_s, genept_w, llm, llm_cells, llm_generate, llm_likelihood, pca, plm, random, random_cells
     """
     if isinstance(config, dict):
         raw, base_dir = dict(config), Path(base or ".")

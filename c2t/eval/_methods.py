@@ -188,10 +188,28 @@ def llm_generate(adata, *, model: str, task: str = "cell_type", backend: str = "
     return work.obs["c2t_bench_prediction"].astype(str).to_numpy()
 
 
+def llm_likelihood(adata, *, model: str, task: str = "cell_type", backend: str = "transformers",
+                   base_url: str | None = None, served_model: str | None = None, score_by: str = "sum",
+                   unknown_threshold: float | None = None, seed: int = 0) -> np.ndarray:
+    """Annotation by likelihood with a tuned run (:func:`c2t.generate.predict` with ``scoring="likelihood"``):
+    every label the run knows is scored as the completion of the cell's prompt, the most probable one wins
+    (``"unknown"`` below ``unknown_threshold``). A label method: it answers the test cells directly."""
+    from c2t.generate import predict
+
+    work = adata.copy()
+    predict(model, work, task=task, backend=backend, base_url=base_url, served_model=served_model, seed=seed,
+            scoring="likelihood", score_by=score_by, unknown_threshold=unknown_threshold,
+            key_added="c2t_bench_prediction")
+    return work.obs["c2t_bench_prediction"].astype(str).to_numpy()
+
+
 #: Methods that return one label per cell instead of an embedding (scored on the test cells' annotation only).
 LABEL_METHODS: dict[str, Callable[..., np.ndarray]] = {
     "llm_generate": llm_generate,
+    "llm_likelihood": llm_likelihood,
 }
+#: The "head" column of a label method's rows: how it labelled the cells.
+LABEL_HEADS: dict[str, str] = {"llm_generate": "generation", "llm_likelihood": "likelihood"}
 
 
 def llm_cells(adata, *, labels, model: str, per_label: int = 20, temperature: float = 1.0,

@@ -241,7 +241,8 @@ def write_report(out, *, results: pd.DataFrame | None = None, summary: pd.DataFr
             unit = folder / f"seed{seed}.json"
             if unit.is_file():
                 saved = json.loads(unit.read_text()).get("predictions", {})
-                labelled = saved.get("knn") or saved.get("generation")  # a label method answers itself
+                # a label method answers itself
+                labelled = saved.get("knn") or saved.get("likelihood") or saved.get("generation")
                 if labelled:
                     predictions[method] = labelled
         if umap and embeddings:
