@@ -131,6 +131,8 @@ def main() -> None:
         if spec.is_adapter:
             model = Path(spec.manifest["base_model"])
             extra = ["--enable-lora", "--lora-modules", f"run={args.run}", "--max-lora-rank", "64"]
+            if spec.manifest.get("target_modules"):  # lm_head left out: vLLM's prompt log-probabilities need that
+                extra += ["--lora-target-modules", *spec.manifest["target_modules"]]
         start = time.perf_counter()
         with VLLMServer(model, name="base" if spec.is_adapter else name, max_model_len=None, extra_args=extra) as server:
             load_s = time.perf_counter() - start

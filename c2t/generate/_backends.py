@@ -1,4 +1,5 @@
-"""Three generation backends behind one call: ``backend.complete(prompts, sampling=..., n=...)``.
+"""Three generation backends behind one call: ``backend.complete(prompts, sampling=..., n=...)``, and
+``backend.score_completions(prompts, candidates)`` for annotation by likelihood.
 
 - :class:`TransformersBackend`: a run folder (adapter or full model) loaded with transformers; batched, KV cache,
   CPU or GPU.
@@ -367,7 +368,15 @@ class VLLMBackend(Backend):
             model_path = Path(self.spec.manifest["base_model"])
             rank = int((self.spec.manifest.get("config") or {}).get("lora_r") or 16)
             options.update(enable_lora=True, max_lora_rank=max(8, rank), max_loras=1)
+            # LoRA on the modules the adapter trained only: vLLM otherwise wraps lm_head too, and its prompt
+            # log-probabilities (likelihood scoring) go through that wrapper with one LoRA index per request, not
+            # per token (a crash on the CPU, a dropped lm_head delta on a GPU: vLLM issues #29955, #51594)
+            targets = _adapter_targets(self.spec)
+            if targets and "lm_head" not in targets:
+                options.setdefault("lora_target_modules", targets)
             self.lora = LoRARequest("c2t-run", 1, str(self.spec.path))
+        wrapped = options.get("lora_target_modules")
+        self._lm_head_lora = self.lora is not None and (not wrapped or "lm_head" in wrapped)
         self.engine = vllm.LLM(model=str(model_path), tokenizer=str(self.spec.path), **options)
 
     def _params(self, sampling: Sampling, counts: list[int]):
@@ -390,8 +399,88 @@ class VLLMBackend(Backend):
             results = self.engine.generate(prompts, params, lora_request=self.lora, use_tqdm=False)
         return [[o.text.strip() for o in r.outputs] for r in results]
 
+    def score_completions(self, prompts: Sequence[str], candidates: Sequence[str]):
+        """Log-probability of each candidate completion after each prompt, as the run was trained.
+
+        Every ``prompt + candidate`` is tokenised here as training tokenised the record (the engine's tokenizer is
+        the run's) and sent as token ids, one request per pair, with ``prompt_logprobs=0``: vLLM returns each
+        prompt token's log-probability, and the candidate's positions (its end-of-answer token included) are
+        summed. Such requests do not read the prefix cache (vLLM skips it when prompt log-probabilities are
+        asked for), so every pair is read whole.
+
+        Returns
+        -------
+        tuple of numpy.ndarray
+            ``(sums, counts)``, prompts x candidates (see :meth:`Backend.score_completions`).
+        """
+        from vllm import SamplingParams
+
+        from c2t.generate._candidates import check_candidates, layout_candidates
+
+        prompts = _check_prompts(prompts)
+        n_cand = len(check_candidates(candidates))
+        if self._lm_head_lora:
+            msg = (f"{self.spec.path}: vLLM cannot compute prompt log-probabilities through a LoRA on lm_head "
+                   f"(vLLM issue #51594); merge the run (`c2t merge {self.spec.path} -o MERGED`) or use "
+                   "backend='transformers'")
+            raise C2TInputError(msg)
+        tokenizer = self.engine.get_tokenizer()
+        if self.spec.chat and not getattr(tokenizer, "chat_template", None):
+            msg = f"{self.spec.path}: chat prompts need a chat template and the engine's tokenizer has none"
+            raise C2TInputError(msg)
+        layout = layout_candidates(tokenizer, prompts, candidates, chat=self.spec.chat) if prompts else None
+        pairs = [layout.full(i, c) for i in range(len(prompts)) for c in range(n_cand)]
+        _check_pair_lengths(pairs, n_cand, self.engine.model_config.max_model_len)
+        # detokenize=False: the scores need no text, and the logprobs then carry no decoded tokens either
+        params = SamplingParams(max_tokens=1, temperature=0.0, prompt_logprobs=0, detokenize=False, flat_logprobs=True)
+        values: list[float] = []
+        for start in range(0, len(pairs), _VLLM_SCORE_CHUNK):
+            chunk = pairs[start:start + _VLLM_SCORE_CHUNK]
+            results = self.engine.generate([{"prompt_token_ids": ids} for ids, _ in chunk], params,
+                                           lora_request=self.lora, use_tqdm=False)
+            for (ids, first), result in zip(chunk, results, strict=True):
+                logprobs = result.prompt_logprobs  # position t: {token t: its Logprob}; position 0 is None
+                values.append(sum(logprobs[t][ids[t]].logprob for t in range(first, len(ids))))
+        return _as_score_arrays(values, pairs, len(prompts), n_cand)
+
     def close(self) -> None:
         self.engine = None
+
+
+#: (prompt, candidate) pairs per ``LLM.generate`` call while scoring: bounds the prompt log-probabilities held at once.
+_VLLM_SCORE_CHUNK = 4096
+
+
+def _adapter_targets(spec: ModelSpec) -> list[str]:
+    """The module names a LoRA run adapted (its manifest, else ``adapter_config.json``; empty when unknown)."""
+    targets = (spec.manifest or {}).get("target_modules")
+    if not targets:
+        config = spec.path / "adapter_config.json"
+        if config.is_file():
+            targets = json.loads(config.read_text(encoding="utf-8")).get("target_modules")
+    return [str(t) for t in targets] if isinstance(targets, list) else []
+
+
+def _check_pair_lengths(pairs: list[tuple[list[int], int]], n_cand: int, limit: int | None) -> None:
+    """Refuse a ``prompt + candidate`` that does not fit the engine: vLLM needs one position beyond the prompt."""
+    if not limit:
+        return
+    too_long = [k for k, (ids, _) in enumerate(pairs) if len(ids) >= limit]
+    if too_long:
+        k = too_long[0]
+        msg = (f"prompt {k // n_cand}: prompt + candidate label of {len(pairs[k][0])} tokens does not fit the "
+               f"engine's max_model_len of {limit} ({len(too_long)} of {len(pairs)} pairs too long); use fewer "
+               "genes per cell (top_k) or a larger max_model_len")
+        raise C2TInputError(msg)
+
+
+def _as_score_arrays(values: list[float], pairs: list[tuple[list[int], int]], n_prompts: int, n_cand: int):
+    """``(sums, counts)`` arrays, prompts x candidates, from one summed log-probability per pair (row-major)."""
+    import numpy as np
+
+    sums = np.asarray(values, dtype=np.float64).reshape(n_prompts, n_cand)
+    counts = np.asarray([len(ids) - first for ids, first in pairs], dtype=np.int64).reshape(n_prompts, n_cand)
+    return sums, counts
 
 
 # ----------------------------------------------------------------------------------------------- OpenAI server
@@ -400,6 +489,8 @@ class OpenAIBackend(Backend):
 
     Chat runs use ``/chat/completions``; ``prompt_completion`` runs use ``/completions`` with the raw prompt.
     Requests run concurrently (``sampling.batch_size`` in flight); each carries ``n`` and its own ``seed``.
+    Likelihood scoring (:meth:`score_completions`) needs the run folder (``spec``): its tokenizer renders every
+    ``prompt + label`` into token ids here, and the server returns their log-probabilities.
 
     Parameters
     ----------
@@ -415,20 +506,28 @@ class OpenAIBackend(Backend):
         Environment variable holding the API key (never logged; ``"EMPTY"`` when unset, as local servers expect).
     max_retries, timeout
         Bounded retries and seconds per request before a clear error.
+    score_concurrency
+        Likelihood scoring: requests in flight (one request per prompt holds all its candidates).
     """
 
     name = "openai"
 
     def __init__(self, base_url: str, model: str, *, chat: bool | None = None, spec: ModelSpec | None = None,
-                 api_key_env: str = "OPENAI_API_KEY", max_retries: int = 2, timeout: float = 600.0) -> None:
+                 api_key_env: str = "OPENAI_API_KEY", max_retries: int = 2, timeout: float = 600.0,
+                 score_concurrency: int = 8) -> None:
         try:
             from openai import OpenAI
         except ImportError:
             msg = "the openai backend needs the openai client: pip install 'c2t[openai]'"
             raise ImportError(msg) from None
+        if isinstance(score_concurrency, bool) or not isinstance(score_concurrency, int) or score_concurrency < 1:
+            msg = f"score_concurrency must be a positive integer, not {score_concurrency!r}"
+            raise C2TInputError(msg)
         self.base_url, self.model, self.spec = base_url, model, spec
         self.chat = chat if chat is not None else (spec.chat if spec is not None else True)
         self.max_retries = max_retries
+        self.score_concurrency = score_concurrency
+        self._tokenizer = None
         self.client = OpenAI(base_url=base_url, api_key=os.environ.get(api_key_env) or "EMPTY",
                              max_retries=max_retries, timeout=timeout)
 
@@ -459,8 +558,112 @@ class OpenAIBackend(Backend):
                        for i, (p, c) in enumerate(zip(prompts, counts, strict=True))]
             return [f.result() for f in futures]
 
+    def score_completions(self, prompts: Sequence[str], candidates: Sequence[str]):
+        """Log-probability of each candidate completion after each prompt, as the run was trained.
+
+        The chat endpoint cannot score a given answer, so every ``prompt + candidate`` is tokenised here with the
+        run's tokenizer (as training tokenised the record, chat template included) and sent to ``/completions``
+        as token ids with ``echo=True``, ``logprobs=1``, ``max_tokens=1``: the echoed prompt carries each of its
+        tokens' log-probabilities, and the candidate's positions (its end-of-answer token included) are summed.
+        One request per prompt holds its candidates as a list of token-id prompts; ``score_concurrency`` run at
+        once. A vLLM server serving a LoRA adapter must be started with ``--lora-target-modules`` naming the
+        adapter's modules: otherwise vLLM routes prompt log-probabilities through its lm_head LoRA wrapper, which
+        stops the engine on a CPU and drops an lm_head delta on a GPU (vLLM issues #29955, #51594).
+
+        Returns
+        -------
+        tuple of numpy.ndarray
+            ``(sums, counts)``, prompts x candidates (see :meth:`Backend.score_completions`).
+
+        Raises
+        ------
+        C2TInputError
+            No run folder was given (its tokenizer is needed), the server refused a request, or it returned no
+            prompt log-probabilities (it cannot score; use ``scoring='generate'``).
+        """
+        from c2t.generate._candidates import check_candidates, layout_candidates
+
+        prompts = _check_prompts(prompts)
+        n_cand = len(check_candidates(candidates))
+        tokenizer = self._scoring_tokenizer()
+        layout = layout_candidates(tokenizer, prompts, candidates, chat=self.chat) if prompts else None
+        groups = [[layout.full(i, c) for c in range(n_cand)] for i in range(len(prompts))]
+        with ThreadPoolExecutor(max_workers=self.score_concurrency) as pool:
+            futures = [pool.submit(self._score_request, i, group) for i, group in enumerate(groups)]
+            try:
+                values = [v for f in futures for v in f.result()]
+            except BaseException:
+                pool.shutdown(cancel_futures=True)  # one refused request: do not send the thousands queued after it
+                raise
+        return _as_score_arrays(values, [pair for group in groups for pair in group], len(prompts), n_cand)
+
+    def _scoring_tokenizer(self):
+        """The run's tokenizer (loaded once): the server is sent token ids, rendered as training rendered them."""
+        if self._tokenizer is not None:
+            return self._tokenizer
+        if self.spec is None:
+            msg = ("likelihood scoring through a server needs the run folder (model=RUN) for its tokenizer; "
+                   "give it, or use scoring='generate'")
+            raise C2TInputError(msg)
+        if self.spec.seq2seq:
+            msg = (f"{self.spec.path}: an encoder-decoder run cannot be scored through /completions; "
+                   "use backend='transformers'")
+            raise C2TInputError(msg)
+        from transformers import AutoTokenizer
+
+        tokenizer = AutoTokenizer.from_pretrained(str(self.spec.path))
+        if self.chat and not tokenizer.chat_template:
+            msg = f"{self.spec.path}: chat prompts need a chat template and this tokenizer has none"
+            raise C2TInputError(msg)
+        self._tokenizer = tokenizer
+        return tokenizer
+
+    def _score_request(self, index: int, pairs: list[tuple[list[int], int]]) -> list[float]:
+        """Summed log-probabilities of one prompt's ``(token ids, first scored position)`` pairs, one request."""
+        import openai
+
+        from c2t._errors import C2TConnectionError
+
+        def call():
+            # max_tokens=1, not 0: echo without generation is an extension (vLLM's) that other servers refuse
+            return self.client.completions.create(model=self.model, prompt=[ids for ids, _ in pairs], echo=True,
+                                                  logprobs=1, max_tokens=1, temperature=0.0)
+
+        try:
+            response = call_openai(call, base_url=self.base_url, max_retries=self.max_retries, model=self.model)
+        except C2TConnectionError as err:
+            if self.spec is None or not self.spec.is_adapter:
+                raise
+            modules = " ".join(_adapter_targets(self.spec)) or "MODULES"
+            msg = (f"{err}; if the server stopped on this request: vLLM computes prompt log-probabilities with a LoRA "
+                   f"adapter only when started with --lora-target-modules {modules} (vLLM issues #29955, #51594)")
+            raise C2TConnectionError(msg) from None
+        except (openai.BadRequestError, openai.UnprocessableEntityError) as err:
+            reason = " ".join(str(getattr(err, "message", err)).split())
+            msg = (f"the server at {self.base_url} refused the likelihood-scoring request for prompt {index} "
+                   f"(/completions with token ids, echo and logprobs): {reason}")
+            raise C2TInputError(msg) from None
+        choices = sorted(response.choices, key=lambda c: c.index)
+        if len(choices) != len(pairs):
+            msg = (f"the server at {self.base_url} answered {len(choices)} choices for {len(pairs)} token-id prompts; "
+                   "it does not support likelihood scoring (use scoring='generate')")
+            raise C2TInputError(msg)
+        return [_echoed_sum(choice, ids, first, self.base_url)
+                for (ids, first), choice in zip(pairs, choices, strict=True)]
+
     def close(self) -> None:
         self.client.close()
+
+
+def _echoed_sum(choice, ids: list[int], first: int, base_url: str) -> float:
+    """Sum of the echoed prompt's log-probabilities at positions ``first`` .. ``len(ids) - 1``."""
+    logprobs = getattr(choice, "logprobs", None)
+    values = getattr(logprobs, "token_logprobs", None) if logprobs is not None else None
+    if not values or len(values) < len(ids) or any(values[t] is None for t in range(first, len(ids))):
+        msg = (f"the server at {base_url} returned no prompt log-probabilities (/completions with echo and "
+               "logprobs); it does not support likelihood scoring, use scoring='generate'")
+        raise C2TInputError(msg)
+    return float(sum(values[first:len(ids)]))
 
 
 def open_backend(backend: str, model: str | os.PathLike | ModelSpec | None, *, base_url: str | None = None,
