@@ -140,10 +140,16 @@ def test_auto_settings_and_bad_values(tmp_path, pbmc_dataset, tiny_models, monke
     assert cfg.dtype == "auto" and cfg.padding_free is None and cfg.dataloader_num_workers is None
     cpu = resolve_runtime(cfg, seq2seq=False)
     assert (cpu.weights, cpu.bf16, cpu.padding_free, cpu.attention, cpu.workers) == ("float32", False, False, None, 0)
+    from c2t.train import _varlen
+
     monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
     monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda: True)
+    monkeypatch.setattr(_varlen, "cuda_varlen_available", lambda: True)
     gpu = resolve_runtime(cfg, seq2seq=False)
     assert (gpu.weights, gpu.bf16, gpu.workers) == ("bfloat16", True, 2)  # a frozen base in bfloat16
+    assert gpu.padding_free and gpu.attention == "c2t_varlen"  # where the kernel runs
+    monkeypatch.setattr(_varlen, "cuda_varlen_available", lambda: False)
+    assert not resolve_runtime(cfg, seq2seq=False).padding_free  # a kernel that fails its check: padded batches
     full = resolve_runtime(_config(tmp_path, pbmc_dataset, tiny_models["llama"], method="full"), seq2seq=False)
     assert (full.weights, full.bf16) == ("float32", True)  # trained weights stay float32, compute in bfloat16
     with pytest.raises(C2TInputError, match="padding_free is for decoder models"):

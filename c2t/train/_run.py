@@ -99,7 +99,10 @@ def _auto_dtype(method: str) -> str:
     import torch
 
     if torch.cuda.is_available() and torch.cuda.is_bf16_supported():
-        return "bfloat16" if method == "lora" else "bf16-mixed"
+        # FSDP shards each unit's parameters together and expects one dtype: a bfloat16 base beside a float32
+        # adapter would not do, so under FSDP the weights stay float32 (compute in bfloat16 all the same)
+        fsdp = os.environ.get("ACCELERATE_USE_FSDP", "false").lower() in ("true", "1")
+        return "bfloat16" if method == "lora" and not fsdp else "bf16-mixed"
     return "float32"
 
 

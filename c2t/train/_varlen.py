@@ -39,11 +39,33 @@ def _kernel_device(tensor) -> bool:
     return tensor.is_cuda
 
 
+@cache
 def cuda_varlen_available() -> bool:
-    """Whether padding-free training can use a varlen kernel here (a CUDA GPU and a torch that has one)."""
+    """Whether padding-free training can use a varlen kernel here: a CUDA GPU, a torch that has one, and the
+    kernel answering a small causal two-record call (GQA heads, bfloat16) as ``sdpa`` does on each record."""
     import torch
 
-    return torch.cuda.is_available() and _kernel() is not None
+    if not torch.cuda.is_available() or _kernel() is None:
+        return False
+    try:
+        gen = torch.Generator(device="cuda").manual_seed(0)
+        q, k, v = (torch.randn(12, heads, 64, device="cuda", dtype=torch.bfloat16, generator=gen)
+                   for heads in (4, 2, 2))
+        bounds = torch.tensor([0, 5, 12], dtype=torch.int32, device="cuda")
+        module = type("Probe", (), {"is_causal": True})()
+        out, _ = varlen_attention(module, q.transpose(0, 1)[None], k.transpose(0, 1)[None], v.transpose(0, 1)[None],
+                                  None, scaling=64**-0.5, cu_seq_lens_q=bounds, cu_seq_lens_k=bounds,
+                                  max_length_q=7, max_length_k=7)
+        ref = torch.cat([torch.nn.functional.scaled_dot_product_attention(
+            q[a:b].transpose(0, 1), k[a:b].transpose(0, 1).repeat_interleave(2, 0),
+            v[a:b].transpose(0, 1).repeat_interleave(2, 0), is_causal=True).transpose(0, 1) for a, b in ((0, 5), (5, 12))])
+        return bool((out[0].float() - ref.float()).abs().max() < 2e-2)
+    except Exception as err:  # a kernel that fails here would fail every training step: train padded instead
+        import warnings
+
+        warnings.warn(f"PyTorch's varlen attention does not run here ({type(err).__name__}: {err}); "
+                      "padding-free training is off", RuntimeWarning, stacklevel=2)
+        return False
 
 
 def _boundaries(position_ids):
