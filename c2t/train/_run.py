@@ -99,10 +99,7 @@ def _auto_dtype(method: str) -> str:
     import torch
 
     if torch.cuda.is_available() and torch.cuda.is_bf16_supported():
-        # FSDP shards each unit's parameters together and expects one dtype: a bfloat16 base beside a float32
-        # adapter would not do, so under FSDP the weights stay float32 (compute in bfloat16 all the same)
-        fsdp = os.environ.get("ACCELERATE_USE_FSDP", "false").lower() in ("true", "1")
-        return "bfloat16" if method == "lora" and not fsdp else "bf16-mixed"
+        return "bfloat16" if method == "lora" else "bf16-mixed"
     return "float32"
 
 
@@ -558,6 +555,12 @@ def train(config: TrainConfig | Mapping[str, Any] | str | os.PathLike, *, callba
     else:
         cfg = TrainConfig.from_yaml(config)
     check_quantization(cfg)  # before anything is read or written
+    if cfg.gene_tokens and os.environ.get("ACCELERATE_USE_FSDP", "false").lower() in ("true", "1"):
+        # PEFT's trainable-token wrappers hide that input and output embeddings are tied: accelerate then shards the
+        # shared weight twice and fully_shard fails deep inside; say so before anything starts
+        msg = ("gene_tokens under FSDP is not supported (the new token rows of tied embeddings cannot be sharded); "
+               "train gene-token runs with DDP (scripts/configs/accelerate/ddp.yaml) or on one device")
+        raise C2TInputError(msg)
     out = Path(cfg.output_dir)
     state = _prepare_output(cfg)
     if state == "finished":
