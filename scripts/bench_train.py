@@ -28,7 +28,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-DATA = Path(__file__).resolve().parents[2] / "shared" / "data" / "pbmc3k_raw_seurat_labels.h5ad"
+DATA = Path(os.environ.get("C2T_DATA", Path(__file__).resolve().parents[2] / "shared" / "data")) / "pbmc3k_raw_seurat_labels.h5ad"
 
 
 def _timer():
@@ -200,6 +200,8 @@ def main() -> None:
     parser.add_argument("--packing-length", type=int, default=512,
                         help="tokens per packed row (TRL packs padding-free: on a CPU without flash attention the "
                              "whole batch becomes one sequence, so keep it short there)")
+    parser.add_argument("--batch-tokens", type=int, default=16384, help="token budget of the *_token_budget variants")
+    parser.add_argument("--variants", default=None, help="comma-separated subset of the variants (default: all)")
     parser.add_argument("--cache", default=None)
     parser.add_argument("--out", type=Path, default=Path("bench_out/train.json"))
     args = parser.parse_args()
@@ -245,9 +247,25 @@ def main() -> None:
     common = {"dataset": str(work / "ds"), "base_model": str(base), "eval_split": None, "max_steps": args.steps,
               "per_device_train_batch_size": args.batch, "logging_steps": 10, "save_steps": 10_000,
               "max_length": 1024, "learning_rate": 1e-3}
-    variants = {"c2t_lora": {}, "c2t_lora_gene_tokens": {"gene_tokens": True}, "c2t_lora_packing": {"packing": True, "max_length": args.packing_length},
-                "c2t_full": {"method": "full"}}
+    budget = {"max_tokens_per_batch": args.batch_tokens, "per_device_train_batch_size": 4096}
+    variants = {"c2t_lora": {}, "c2t_lora_gene_tokens": {"gene_tokens": True},
+                "c2t_lora_packing": {"packing": True, "max_length": args.packing_length},
+                "c2t_full": {"method": "full"},
+                # the settings before dtype auto / padding-free / token budgets (float32, padded, fixed batch)
+                "c2t_lora_float32_padded": {"dtype": "float32", "padding_free": False},
+                "c2t_lora_token_budget": budget, "c2t_full_token_budget": {"method": "full", **budget}}
+    if args.variants:
+        wanted = [v.strip() for v in args.variants.split(",") if v.strip()]
+        unknown = sorted(set(wanted) - set(variants) - {"transformers_trainer_full"})
+        if unknown:
+            raise SystemExit(f"unknown variant(s) {unknown}; variants are {sorted(variants)} and transformers_trainer_full")
+        variants = {k: v for k, v in variants.items() if k in wanted}
     results = {}
+
+    def save(results):
+        args.out.parent.mkdir(parents=True, exist_ok=True)
+        args.out.write_text(json.dumps(_report(args, torch, rate, results), indent=2) + "\n")
+
     for name, extra in variants.items():
         timer = _timer()
         run = c2t.train.train({**common, **extra, "output_dir": str(work / name)}, callbacks=[timer])
@@ -262,20 +280,16 @@ def main() -> None:
                          "steps_per_s": round(timer.steps / timer.seconds, 3), "mean_record_tokens": round(per_record, 1),
                          "trainable_params": manifest["parameters"]["trainable"], "gene_tokens": manifest["gene_tokens"],
                          **_utilisation(tps, timer.model, per_record, rate)}
-    timer = _timer()
-    per_record = plain_trainer(base, work / "ds", work / "plain", args.steps, args.batch, timer)
-    tps = args.batch * per_record * timer.steps / timer.seconds
-    results["transformers_trainer_full"] = {"tokens_per_s": round(tps, 1), "records_per_s": round(tps / per_record, 2),
-                                            "steps_per_s": round(timer.steps / timer.seconds, 3),
-                                            "mean_record_tokens": round(per_record, 1),
-                                            **_utilisation(tps, timer.model, per_record, rate)}
-    report = {"base": str(args.base or "tiny random GPT-2 (2 x 64, vocab 2048)"), "cells": args.cells,
-              "top_k": args.top_k, "steps": args.steps, "batch": args.batch,
-              "device": "cuda" if torch.cuda.is_available() else f"cpu x{torch.get_num_threads()}",
-              "machine": platform.processor() or platform.machine(), "load_average": os.getloadavg(),
-              "matmul": rate, "flops_formula": FLOPS_FORMULA, "results": results}
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(report, indent=2) + "\n")
+        save(results)  # kept up to date: a later variant may fail or run out of time
+    if not args.variants or "transformers_trainer_full" in args.variants.split(","):
+        timer = _timer()
+        per_record = plain_trainer(base, work / "ds", work / "plain", args.steps, args.batch, timer)
+        tps = args.batch * per_record * timer.steps / timer.seconds
+        results["transformers_trainer_full"] = {
+            "tokens_per_s": round(tps, 1), "records_per_s": round(tps / per_record, 2),
+            "steps_per_s": round(timer.steps / timer.seconds, 3), "mean_record_tokens": round(per_record, 1),
+            **_utilisation(tps, timer.model, per_record, rate)}
+    save(results)
     print(f"{'variant':28s} {'tokens/s':>10s} {'records/s':>10s} {'steps/s':>8s} {'FLOP/token':>11s} "
           f"{'model ' + unit:>14s} {'of matmul':>9s}")
     for name, r in results.items():
@@ -283,8 +297,18 @@ def main() -> None:
               f"{r['flops_per_token']:11.3g} {r['model_flops_per_s'] / scale:14.2f} "
               f"{r['fraction_of_matmul_rate']:9.1%}")
     print(f"FLOPs: {FLOPS_FORMULA}")
-    g = results["c2t_lora_gene_tokens"]["gene_tokens"]["tokens_per_sentence"]
-    print(f"tokens per cell sentence (top {args.top_k}): {g['without']:.1f} without gene tokens, {g['with']:.1f} with")
+    if "c2t_lora_gene_tokens" in results:
+        g = results["c2t_lora_gene_tokens"]["gene_tokens"]["tokens_per_sentence"]
+        print(f"tokens per cell sentence (top {args.top_k}): {g['without']:.1f} without gene tokens, "
+              f"{g['with']:.1f} with")
+
+
+def _report(args, torch, rate, results):
+    return {"base": str(args.base or "tiny random GPT-2 (2 x 64, vocab 2048)"), "cells": args.cells,
+            "top_k": args.top_k, "steps": args.steps, "batch": args.batch, "batch_tokens": args.batch_tokens,
+            "device": "cuda" if torch.cuda.is_available() else f"cpu x{torch.get_num_threads()}",
+            "machine": platform.processor() or platform.machine(), "load_average": os.getloadavg(),
+            "matmul": rate, "flops_formula": FLOPS_FORMULA, "results": results}
 
 
 if __name__ == "__main__":

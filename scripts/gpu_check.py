@@ -7,7 +7,7 @@ steps' output to ``OUT/gpu_check.log`` (two files: the device machine returns at
 same steps with tiny models on a few hundred cells (a smoke test the test suite runs; FSDP is skipped there, since
 accelerate refuses it without an accelerator).
 
-    bash scripts/gpu_check.sh                 # on the GPU machine, after ../shared/gpu/ set it up (~8 min)
+    bash scripts/gpu_check.sh                 # on the GPU machine, after ../shared/gpu/ set it up (~9 min)
     bash scripts/gpu_check.sh --cpu           # anywhere, ~3 min on 2 cores
 """
 
@@ -115,7 +115,7 @@ def step_varlen(ctx: dict) -> dict:
     gpu = torch.cuda.is_available()
     device, dtype = ("cuda", torch.bfloat16) if gpu else ("cpu", torch.float32)
     tok = AutoTokenizer.from_pretrained(model_path)
-    prompts = load(ctx["dataset"])["train"]["prompt"][:64]
+    prompts = load(ctx["dataset"])["train"]["prompt"][:16 if ctx["cpu"] else 64]
     ids = [tok(p)["input_ids"] for p in prompts]
     packed = AutoModelForCausalLM.from_pretrained(model_path, dtype=dtype, attn_implementation=register()).to(device)
     plain = AutoModelForCausalLM.from_pretrained(model_path, dtype=dtype, attn_implementation="sdpa").to(device)
@@ -188,7 +188,43 @@ def step_gen_run(ctx: dict) -> dict:
             "runtime": manifest["runtime"]}
 
 
-STEP_FUNCTIONS = {"env": step_env, "data": step_data, "varlen": step_varlen, "gen_run": step_gen_run}
+def step_pack(ctx: dict) -> dict:
+    """The sweep's best LoRA run, its adapter in bfloat16, as ``OUT/best_run.tar.gz`` (at most 15 MiB): the device
+    machine keeps nothing, and the run is re-scored and benchmarked on the CPU from this."""
+    import tarfile
+
+    import torch
+    from safetensors.torch import load_file, save_file
+
+    sweep = json.loads((Path(ctx["work"]) / "sweep.json").read_text())
+    runs = Path(ctx["work"]) / "sweep"
+    scored = {name: max(v.get("likelihood", {}).get("accuracy", 0), v.get("generate", {}).get("accuracy", 0))
+              for name, v in sweep["variants"].items()
+              if "error" not in v and "skipped" not in v and (runs / f"run_{name}" / "adapter_model.safetensors").is_file()}
+    if not scored:
+        return {"packed": None, "reason": "no LoRA variant finished"}
+    best = max(scored, key=scored.get)
+    run = runs / f"run_{best}"
+    staging = Path(ctx["work"]) / "pack" / best
+    staging.mkdir(parents=True, exist_ok=True)
+    for file in run.iterdir():
+        keep = file.suffix in (".json", ".yaml", ".txt", ".jinja", ".csv", ".png") or file.name.startswith("tokenizer")
+        if file.is_file() and keep:
+            (staging / file.name).write_bytes(file.read_bytes())
+    weights = load_file(run / "adapter_model.safetensors")
+    save_file({k: v.to(torch.bfloat16) for k, v in weights.items()}, staging / "adapter_model.safetensors")
+    archive = Path(ctx["out"]) / "best_run.tar.gz"
+    with tarfile.open(archive, "w:gz") as tar:
+        tar.add(staging, arcname=best)
+    size = archive.stat().st_size
+    if size > 15 * 2**20:
+        archive.unlink()
+        return {"packed": None, "variant": best, "reason": f"{size / 2**20:.1f} MiB is over the 15 MiB a file may bring back"}
+    return {"packed": archive.name, "variant": best, "accuracy": scored[best], "mib": round(size / 2**20, 2)}
+
+
+STEP_FUNCTIONS = {"env": step_env, "data": step_data, "varlen": step_varlen, "gen_run": step_gen_run,
+                  "pack": step_pack}
 
 
 # ----------------------------------------------------------------------------------------------- the driver
@@ -213,7 +249,7 @@ class Driver:
         self.work.mkdir(parents=True, exist_ok=True)
         self.deadline = time.monotonic() + args.budget
         self.results = {"mode": "cpu" if args.cpu else "gpu", "budget_s": args.budget, "steps": {}}
-        self.ctx = {"cpu": args.cpu, "work": str(self.work)}
+        self.ctx = {"cpu": args.cpu, "work": str(self.work), "out": str(self.out)}
 
     def save(self) -> None:
         tmp = self.out / ".gpu_check.json.tmp"
@@ -284,8 +320,10 @@ def drive(args) -> None:
         d.ctx["model"] = str(smollm2_hf())
     d.run("varlen", 90)
     train_cmd = [py, str(SCRIPTS / "bench_train.py"), "--out", str(d.work / "train_speed.json")]
-    train_cmd += ["--steps", "4", "--cells", "300", "--batch", "4"] if cpu else [
-        "--base", d.ctx["model"], "--steps", "30", "--batch", "16", "--cells", "800", "--top-k", "100"]
+    train_cmd += ["--steps", "4", "--cells", "300", "--batch", "4", "--batch-tokens", "512", "--variants",
+                  "c2t_lora,c2t_lora_token_budget"] if cpu else [
+        "--base", d.ctx["model"], "--steps", "40", "--batch", "16", "--cells", "800", "--top-k", "100",
+        "--batch-tokens", "32768", "--variants", "c2t_lora_float32_padded,c2t_lora_token_budget,c2t_full_token_budget"]
     d.run("train_speed", 180, train_cmd, result_file=d.work / "train_speed.json")
     # FSDP and DDP launches only need to show that they train: they share the GPU with the sweep
     launches = {}
@@ -306,12 +344,14 @@ def drive(args) -> None:
         launches[name] = (d.start(name, cmd, env={"OMP_NUM_THREADS": "1"} if cpu else None), folder)
     sweep_cmd = [py, str(SCRIPTS / "sweep_pbmc3k.py"), "--work", str(d.work / "sweep"), "--out",
                  str(d.work / "sweep.json")]
-    reserve = 20 if cpu else 150  # for the generation steps after the sweep
+    reserve = 20 if cpu else 130  # for the steps after the sweep (pack, the generation run and benchmark)
     sweep_cmd += ["--model", "tiny", "--grid", str(SCRIPTS / "configs" / "sweep_tiny.yaml"), "--only", "top20",
                   "--cells", "800", "--epochs", "1"] if cpu else [
         "--model", "smollm2", "--grid", str(SCRIPTS / "configs" / "sweep_smollm2.yaml"),
         "--budget", str(max(30, int(d.left() - reserve - 60)))]
     d.run("sweep", max(30.0, d.left() - reserve), sweep_cmd, result_file=d.work / "sweep.json")
+    if (d.work / "sweep.json").is_file():
+        d.run("pack", 60)
     for name, (started, folder) in launches.items():
         d.finish(name, started, 120, post=lambda f=folder: _read_run(f))
     gen = d.run("gen_run", 120)
@@ -331,7 +371,7 @@ def main() -> None:
     parser.add_argument("--cpu", action="store_true", help="tiny models on a few hundred cells (a smoke test)")
     parser.add_argument("--out", type=Path, default=Path(os.environ.get("OUT") or "bench_out/gpu_check"))
     parser.add_argument("--work", type=Path, default=None, help="scratch folder (default /tmp/c2t_gpu_check)")
-    parser.add_argument("--budget", type=float, default=None, help="seconds for the whole check (GPU 480, CPU 900)")
+    parser.add_argument("--budget", type=float, default=None, help="seconds for the whole check (GPU 530, CPU 900)")
     parser.add_argument("--step", default=None, help=argparse.SUPPRESS)
     parser.add_argument("--ctx", default=None, help=argparse.SUPPRESS)
     parser.add_argument("--step-out", type=Path, default=None, help=argparse.SUPPRESS)
@@ -342,7 +382,7 @@ def main() -> None:
         print(json.dumps(result), flush=True)
         return
     args.work = args.work or Path(os.environ.get("TMPDIR", "/tmp")) / "c2t_gpu_check"
-    args.budget = args.budget or (900.0 if args.cpu else 480.0)
+    args.budget = args.budget or (900.0 if args.cpu else 530.0)
     drive(args)
 
 

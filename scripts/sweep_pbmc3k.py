@@ -163,6 +163,8 @@ def main() -> None:
     parser.add_argument("--cells", type=int, default=None, help="use a stratified subsample of this many cells (smoke)")
     parser.add_argument("--budget", type=float, default=None, help="seconds: start no variant after this")
     parser.add_argument("--epochs", type=float, default=None, help="train every variant this many epochs (smoke)")
+    parser.add_argument("--batch-tokens", type=int, default=None,
+                        help="max_tokens_per_batch of every variant (a CPU smoke run needs small batches)")
     parser.add_argument("--work", type=Path, default=None, help="scratch folder (default: a new temporary one)")
     parser.add_argument("--cache", default=None, help="SmolLM2 cache folder (default $C2T_CACHE)")
     parser.add_argument("--device", default=None)
@@ -215,6 +217,8 @@ def main() -> None:
             continue
         if args.epochs is not None:
             spec = {**spec, "num_train_epochs": args.epochs}
+        if args.batch_tokens is not None:
+            spec = {**spec, "max_tokens_per_batch": args.batch_tokens}
         try:
             result = run_variant(name, spec, model=args.model, base=base, adata=adata, work=work, cache=cache,
                                  device=args.device, baseline_ids=set(dsd["test"]["cell_id"]))
